@@ -1,0 +1,296 @@
+"""Experiment configuration: base recipes per dataset, command-line overrides, and validation.
+
+An experiment folder's ``config.py`` starts from one of the base recipes here and overrides only what
+differs, e.g.::
+
+    from furnace.config import voc_config
+    C = config = voc_config(__file__)
+    C.method, C.arch = "mgd", "resnet18"
+    C.labeled_ratio = 8
+
+Values left empty (``""`` or ``0``) are *derived* by :func:`resolve_config` from the rest: the epoch
+count from ``labeled_ratio``, split-list paths from the dataset layout, teacher files from
+``DATA/model-weight/teachers``. The resolved config is what training uses and what checkpoints store.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from easydict import EasyDict
+
+from .utils import UserError
+
+ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
+METHODS = ("supervised", "cps", "mgd")
+DATASETS = ("voc", "city", "synthetic")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
+    """Every key a recipe may set, with the VOC defaults; dataset recipes override a few.
+
+    ``exp_file`` is the experiment's ``config.py``; when given, the default ``data_root`` is the
+    repository's ``DATA/`` found relative to it and ``output_dir`` is ``./output`` beside it. The
+    environment variables ``DATA_ROOT`` and ``OUTPUT_DIR`` take precedence.
+    """
+    exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
+    repo = next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
+    C = EasyDict()
+    # -- experiment
+    C.exp_name = exp_dir.name
+    C.seed = 12345
+    C.output_dir = os.environ.get("OUTPUT_DIR", str(exp_dir / "output"))
+    # -- data
+    C.dataset = "voc"  # voc | city | synthetic
+    C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA"))
+    C.num_classes = 21
+    C.labeled_ratio = 8  # 1/N of the training list is labeled: 16, 8, 4 or 2
+    C.labeled_list = ""  # "" -> the dataset's standard split for labeled_ratio
+    C.unlabeled_list = ""
+    C.val_list = ""
+    C.crop_size = 512
+    C.train_scales = [0.5, 0.75, 1.0, 1.5, 1.75, 2.0]
+    C.num_workers = 4
+    C.check_data = True  # fast layout/list check before training starts
+    # -- model
+    C.arch = "resnet18"
+    C.output_stride = 0  # 0 -> the architecture's default (16; MobileNet-v2 32)
+    C.width_mult = 1.0  # < 1 only for small demo networks (synthetic data)
+    C.head_channels = 256
+    C.pretrained = "auto"  # "auto" -> DATA/model-weight/<arch>.pth; "" -> random init
+    # -- method
+    C.method = "mgd"  # supervised | cps | mgd
+    C.sup_loss = "ce"  # ce | ohem
+    C.ohem_thresh = 0.7
+    C.ohem_min_kept = 50000
+    C.lambda_cps = 1.0
+    C.teacher_deep = ""  # "" -> DATA/model-weight/teachers/<dataset>_1-<N>_resnet101.pth
+    C.teacher_wide = ""  # "" -> DATA/model-weight/teachers/<dataset>_1-<N>_wrn50_2.pth
+    C.teacher_deep_arch = "resnet101"
+    C.teacher_wide_arch = "wrn50_2"
+    C.teacher_bn = "eval"  # eval (ours) | train (the reference's teacher BN behaviour)
+    C.lambda_image = 0.004  # semantic-sensitive (image-level), mean over images
+    C.lambda_region = 100.0  # content-aware (region-level)
+    C.region_grid = 7
+    C.mgd_impl = "batched"  # batched (teacher passes batched) | reference (one teacher call per input)
+    C.export_teacher = ""  # cps runs: "" -> DATA/model-weight/teachers/<dataset>_1-<N>_<arch>.pth
+    C.cutmix_boxes = 3
+    C.cutmix_area = [0.25, 0.5]
+    # -- optimisation (effective values for the *global* batch, whatever the process count)
+    C.global_batch = 8
+    C.micro_batch = 0  # largest per-process forward batch; 0 -> global_batch / processes
+    C.lr = 0.0025
+    C.momentum = 0.9
+    C.weight_decay = 4e-4
+    C.lr_power = 0.9
+    C.warmup_iters = 0
+    C.epochs = 0  # 0 -> epochs_per_ratio[labeled_ratio]
+    C.epochs_per_ratio = {"16": 32, "8": 34, "4": 40, "2": 60}
+    C.max_iters = 0  # > 0 stops early (smoke tests); the LR schedule still spans all epochs
+    C.amp = "auto"  # auto (bf16 on CUDA if supported, else fp16; off on CPU) | bf16 | fp16 | none
+    C.channels_last = False
+    C.compile = False
+    C.device = "auto"  # auto | cuda | cpu
+    # -- checkpoints and logging
+    C.save_every_iters = 0  # also refresh latest.pth every N iterations (0 = once per epoch)
+    C.snapshot_last = 14  # keep epoch-<e>.pth for the last N epochs ...
+    C.snapshot_every = 0  # ... and every N-th epoch (0 = none)
+    C.log_every = 20
+    C.tb_images_every = 500  # prediction images to TensorBoard every N iterations (0 = never)
+    C.eval_every_epochs = 0  # evaluate during training every N epochs (0 = after training only)
+    # -- evaluation
+    C.eval_crop = 512
+    C.eval_scales = [1.0]
+    C.eval_flip = False
+    C.eval_batch = 4  # sliding windows per forward pass
+    return C
+
+
+def voc_config(exp_file=None) -> EasyDict:
+    """PASCAL VOC 2012 (SBD-augmented): 21 classes, crop 512, global batch 8."""
+    return base_config(exp_file)
+
+
+def city_config(exp_file=None) -> EasyDict:
+    """Cityscapes: 19 classes, crop 800, OHEM CE, λ_cps 5, wd 8e-4, 4x the VOC epochs."""
+    C = base_config(exp_file)
+    C.dataset = "city"
+    C.num_classes = 19
+    C.crop_size = 800
+    C.eval_crop = 800
+    C.sup_loss = "ohem"
+    C.lambda_cps = 5.0
+    C.weight_decay = 8e-4
+    C.global_batch = 16
+    C.epochs_per_ratio = {"16": 128, "8": 137, "4": 160, "2": 240}
+    C.lambda_image = 0.002
+    return C
+
+
+def synthetic_config(exp_file=None) -> EasyDict:
+    """The embedded synthetic dataset (VOC-shaped, made by ``furnace.datasets.make_synthetic``)."""
+    C = base_config(exp_file)
+    C.dataset = "synthetic"
+    C.pretrained = ""
+    return C
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def model_weight_dir(C) -> Path:
+    return Path(C.data_root) / "model-weight"
+
+
+def default_teacher_path(C, arch: str) -> str:
+    """Where a CPS teacher run exports, and where a student run looks for, the ``arch`` teacher."""
+    return str(model_weight_dir(C) / "teachers" / f"{C.dataset}_1-{C.labeled_ratio}_{arch}.pth")
+
+
+def resolve_config(C: EasyDict, world_size: int = 1) -> EasyDict:
+    """Return a copy of ``C`` with every derived value filled in (idempotent).
+
+    Raises UserError for values that cannot work (unknown choice, a global batch that does not
+    divide over ``world_size`` processes, a labeled_ratio without an epoch count).
+    """
+    C = copy.deepcopy(C)
+    validate_config(C)
+    if not C.epochs:
+        key = str(C.labeled_ratio)
+        if key not in C.epochs_per_ratio:
+            raise UserError(
+                f"config: labeled_ratio={C.labeled_ratio} has no entry in epochs_per_ratio "
+                f"{dict(C.epochs_per_ratio)}; set epochs=<N> or add the ratio to epochs_per_ratio"
+            )
+        C.epochs = int(C.epochs_per_ratio[key])
+    if not C.output_stride:
+        C.output_stride = 32 if C.arch == "mobilenetv2" else 16
+    if C.pretrained == "auto":
+        C.pretrained = str(model_weight_dir(C) / f"{C.arch}.pth")
+    if C.method == "mgd":
+        C.teacher_deep = C.teacher_deep or default_teacher_path(C, C.teacher_deep_arch)
+        C.teacher_wide = C.teacher_wide or default_teacher_path(C, C.teacher_wide_arch)
+    if C.method == "cps":
+        C.export_teacher = C.export_teacher or default_teacher_path(C, C.arch)
+    if C.global_batch % world_size:
+        raise UserError(
+            f"config: global_batch={C.global_batch} cannot be split over {world_size} processes; "
+            f"use a multiple of {world_size} or another process count"
+        )
+    per_process = C.global_batch // world_size
+    micro = C.micro_batch or per_process
+    if per_process % micro:
+        raise UserError(
+            f"config: micro_batch={C.micro_batch} does not divide the per-process batch {per_process} "
+            f"(global_batch={C.global_batch} over {world_size} processes); choose a divisor of {per_process}"
+        )
+    C.micro_batch = micro
+    return C
+
+
+def accumulation_steps(C, world_size: int) -> int:
+    """Forward/backward passes per optimizer step on each process for a resolved config."""
+    return C.global_batch // world_size // C.micro_batch
+
+
+_CHOICES = {
+    "dataset": DATASETS,
+    "method": METHODS,
+    "arch": ARCHS,
+    "teacher_deep_arch": ARCHS,
+    "teacher_wide_arch": ARCHS,
+    "sup_loss": ("ce", "ohem"),
+    "teacher_bn": ("eval", "train"),
+    "mgd_impl": ("batched", "reference"),
+    "amp": ("auto", "bf16", "fp16", "none"),
+    "device": ("auto", "cuda", "cpu"),
+}
+_POSITIVE = ("num_classes", "crop_size", "global_batch", "eval_crop", "eval_batch", "region_grid", "lr")
+
+
+def validate_config(C) -> None:
+    """Raise UserError naming the first key whose value cannot work."""
+    for key, choices in _CHOICES.items():
+        if C[key] not in choices:
+            raise UserError(f"config: {key}={C[key]!r} is not one of {', '.join(map(str, choices))}")
+    for key in _POSITIVE:
+        if not C[key] > 0:
+            raise UserError(f"config: {key}={C[key]!r} must be positive")
+    if C.labeled_ratio < 1:
+        raise UserError(f"config: labeled_ratio={C.labeled_ratio!r} must be >= 1 (1/N of the data is labeled)")
+    if C.output_stride not in (0, 8, 16, 32):
+        raise UserError(f"config: output_stride={C.output_stride!r} must be 0 (default), 8, 16 or 32")
+    if not C.eval_scales or any(s <= 0 for s in C.eval_scales):
+        raise UserError(f"config: eval_scales={C.eval_scales!r} must be a non-empty list of positive numbers")
+    if len(C.cutmix_area) != 2 or not 0 < C.cutmix_area[0] <= C.cutmix_area[1] <= 1:
+        raise UserError(f"config: cutmix_area={C.cutmix_area!r} must be [low, high] with 0 < low <= high <= 1")
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    def fail(kind):
+        raise UserError(f"config: {key}={text!r} is not {kind} (current value {current!r})")
+
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        fail("a boolean (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            fail("an integer")
+    if isinstance(current, float):
+        try:
+            value = float(text)
+        except ValueError:
+            fail("a number")
+        if not math.isfinite(value):
+            fail("a finite number")
+        return value
+    if isinstance(current, (list, tuple, dict)):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            fail(f"a Python literal {type(current).__name__}")
+        if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(current, dict) and isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        fail(f"a {type(current).__name__}")
+    return text
+
+
+def apply_overrides(C: EasyDict, items: Iterable[str]) -> EasyDict:
+    """Apply ``KEY=VALUE`` strings to ``C`` in place, each typed like the existing value.
+
+    Unknown keys are rejected with the closest known keys.
+    """
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"command line: {item!r} is not KEY=VALUE")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in C:
+            close = difflib.get_close_matches(key, list(C.keys()), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see config.py for the keys"
+            raise UserError(f"config: unknown key {key!r}{hint}")
+        C[key] = _parse_value(key, text, C[key])
+    return C
+
+
+def config_to_dict(C) -> dict:
+    """Plain-dict copy of a config (for checkpoints and logs)."""
+    return {k: (config_to_dict(v) if isinstance(v, dict) else copy.deepcopy(v)) for k, v in C.items()}

@@ -1,0 +1,105 @@
+"""MGD (SPEC §6): a lightweight student distilled from a frozen deep and a frozen wide teacher."""
+from __future__ import annotations
+
+import torch
+
+from ..losses import (
+    content_aware_loss,
+    cutmix_pseudo_label,
+    hard_pseudo_label,
+    mix_by_mask,
+    pixel_consistency_loss,
+    semantic_sensitive_loss,
+    supervised_loss,
+)
+from .base import Method, build_network, check_pretrained, load_teacher
+
+
+class MGD(Method):
+    """Multi-granularity distillation; only the terms that carry gradient to the student are computed.
+
+    L = L_sup(S(x_l), y)
+      + Σ_{T∈{T_D,T_W}} CE(S(x_l), argmax T(x_l))                     pixel level, labeled
+      + Σ_{T∈{T_D,T_W}} CE(S(x_m), argmax[(1−M)·T(u0) + M·T(u1)])     pixel level, unlabeled
+      + λ1 · semantic_sensitive(S(x_m), T_D(x_m))                     image level, deep teacher only
+      + λ2 · content_aware(F_S(x_m), F_W(x_m))                        region level, wide teacher only
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        check_pretrained(cfg)
+        self.student = build_network(cfg)
+        self.add_frozen("teacher_deep", load_teacher(cfg, "teacher_deep"))
+        self.add_frozen("teacher_wide", load_teacher(cfg, "teacher_wide"))
+        self.train()
+
+    def train(self, mode: bool = True):
+        """Student follows ``mode``; teachers stay in eval mode unless cfg.teacher_bn == "train"
+        (the reference's behaviour: teacher BN normalises with batch statistics)."""
+        super().train(mode)
+        teacher_mode = mode and self.cfg.teacher_bn == "train"
+        for teacher in self._frozen.values():
+            teacher.train(teacher_mode)
+        return self
+
+    def eval_network(self):
+        return self.student
+
+    # -- teachers -------------------------------------------------------------------------------
+    def teacher_targets(self, x_l, u0, u1, x_m, mask):
+        """Everything the student learns from the teachers, without gradient.
+
+        Returns pseudo-labels (B, H, W) for the labeled and the CutMix images per teacher, T_D's logits
+        of x_m and T_W's decoder feature of x_m. With teacher BN in eval mode the four inputs go through
+        each teacher in one batched pass; in "train" mode (batch statistics) each input is a pass of its
+        own, as in the reference, because batching would change the statistics.
+        """
+        groups = (x_l, u0, u1, x_m)
+        targets = {}
+        with torch.inference_mode():
+            for name in ("teacher_deep", "teacher_wide"):
+                teacher = self.frozen(name)
+                if teacher.training or self.cfg.mgd_impl == "reference":
+                    outs = [teacher(x, return_feature=True) for x in groups]
+                    logits = [o[0] for o in outs]
+                    feat_m = outs[3][1]
+                else:
+                    all_logits, all_feat = teacher(torch.cat(groups), return_feature=True)
+                    logits = list(all_logits.chunk(4))
+                    feat_m = all_feat.chunk(4)[3]
+                targets[name] = {
+                    "pseudo_l": hard_pseudo_label(logits[0]),
+                    "pseudo_m": cutmix_pseudo_label(logits[1], logits[2], mask),
+                    "logits_m": logits[3],
+                    "feat_m": feat_m,
+                }
+        # Inference tensors may not be saved for backward; CE saves its target, so copy the labels out.
+        for t in targets.values():
+            t["pseudo_l"], t["pseudo_m"] = t["pseudo_l"].clone(), t["pseudo_m"].clone()
+        return targets["teacher_deep"], targets["teacher_wide"]
+
+    # -- the objective --------------------------------------------------------------------------
+    def forward(self, batch):
+        cfg = self.cfg
+        x_l, y = batch["image_l"], batch["label_l"]
+        u0, u1, mask = batch["image_u0"], batch["image_u1"], batch["mask_mix"]
+        x_m = mix_by_mask(u0, u1, mask)
+        deep, wide = self.teacher_targets(x_l, u0, u1, x_m, mask)
+
+        logits_l = self.student(x_l)
+        logits_m, feat_m = self.student(x_m, return_feature=True)
+
+        sup = supervised_loss(cfg, logits_l, y)
+        pixel_l = pixel_consistency_loss(logits_l, deep["pseudo_l"]) + pixel_consistency_loss(logits_l, wide["pseudo_l"])
+        pixel_u = pixel_consistency_loss(logits_m, deep["pseudo_m"]) + pixel_consistency_loss(logits_m, wide["pseudo_m"])
+        image = semantic_sensitive_loss(logits_m, deep["logits_m"])
+        region = content_aware_loss(feat_m, wide["feat_m"], cfg.region_grid)
+        total = sup + pixel_l + pixel_u + cfg.lambda_image * image + cfg.lambda_region * region
+        return {
+            "loss": total,
+            "sup": sup,
+            "pixel_labeled": pixel_l,
+            "pixel_unlabeled": pixel_u,
+            "semantic_sensitive": image,
+            "content_aware": region,
+        }

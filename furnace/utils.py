@@ -1,0 +1,61 @@
+"""Small helpers shared by every part of furnace: user-facing errors and safe file I/O."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class UserError(Exception):
+    """An error the user caused and can fix (missing file, bad config value, corrupt data).
+
+    Entry points print ``str(err)`` as one line and exit with status 2, without a traceback.
+    The message must name the offending file, key or value and say what to do.
+    """
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically: write a temporary file beside it, fsync, then rename.
+
+    A crash or a failed write (full disk) at any moment leaves either the previous file or the new
+    one at ``path``, never a truncated file. On failure the temporary file is removed and the
+    exception is re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint or weight file with ``weights_only=True`` (no arbitrary code runs).
+
+    Raises UserError naming the file when it is missing, truncated, or holds objects other than
+    tensors and plain containers (a file crafted to run code while unpickling is refused).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle errors come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path}: cannot be loaded safely ({type(err).__name__}: {first}). "
+            "The file is truncated, not a PyTorch checkpoint, or holds objects other than tensors; "
+            "furnace never unpickles arbitrary objects."
+        ) from err

@@ -1,0 +1,32 @@
+"""Install the `furnace` package of MGD-SSSS.
+
+    pip install -e .            # runtime
+    pip install -e ".[test]"    # + what the test suite needs
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements():
+    lines = (HERE / "requirement.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+setup(
+    name="mgd-ssss",
+    version="0.1.0",
+    description="Multi-granularity distillation for lightweight semi-supervised semantic segmentation (MGD, ECCV 2022)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["furnace", "furnace.*"]),
+    install_requires=read_requirements(),
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    license="MIT",
+)
