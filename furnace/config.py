@@ -138,7 +138,22 @@ def synthetic_config(exp_file=None) -> EasyDict:
     """The embedded synthetic dataset (VOC-shaped, made by ``furnace.datasets.make_synthetic``)."""
     C = base_config(exp_file)
     C.dataset = "synthetic"
-    C.pretrained = ""
+    C.num_classes = 7
+    C.pretrained = ""  # no ImageNet weights: every network starts from scratch
+    # Small networks of the paper's families, so the whole method runs on a laptop CPU in minutes.
+    C.width_mult = 0.25
+    C.head_channels = 64
+    C.crop_size = 96
+    C.eval_crop = 96
+    C.eval_batch = 16
+    C.global_batch = 8
+    C.lr = 0.01
+    C.weight_decay = 1e-4
+    C.epochs_per_ratio = {"16": 16, "8": 17, "4": 20, "2": 30}
+    C.num_workers = 1
+    C.snapshot_last = 1
+    C.log_every = 10
+    C.tb_images_every = 0
     return C
 
 

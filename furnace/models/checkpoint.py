@@ -1,0 +1,447 @@
+"""Every way weights get into a network: ImageNet files, our segmentor files, official MGD/CPS releases.
+
+- :func:`load_imagenet_weights` — a torchvision or timm ImageNet state dict into a backbone, by name
+  and shape, with a :class:`LoadReport` of what was loaded and what stays random.
+- :func:`save_segmentor` / :func:`load_segmentor` / :func:`read_segmentor_meta` — our segmentor file::
+
+      {"format": "mgd-ssss.segmentor", "version": 1, "arch": str, "num_classes": int,
+       "options": {"output_stride", "width_mult", "head_channels"}, "state_dict": {...}, **extra}
+
+- :func:`convert_official` — one network (``branch1``/``branch2``/``branch3``) of an original release
+  ``{"model": state_dict}`` into a segmentor file; the names are the same as ours, so this is a strict
+  check-and-copy that reproduces the original outputs exactly.
+
+Every file is read with :func:`furnace.utils.safe_load` and written with :func:`furnace.utils.atomic_save`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..utils import UserError, atomic_save, safe_load
+from .backbones import ARCHS
+from .deeplabv3plus import DeepLabV3Plus, build_network
+
+SEGMENTOR_FORMAT = "mgd-ssss.segmentor"
+SEGMENTOR_VERSION = 1
+_RESERVED = ("format", "version", "arch", "num_classes", "options", "state_dict")
+
+BRANCHES = ("branch1", "branch2", "branch3")
+# Tensors the original networks carried but never used in forward.
+OFFICIAL_UNUSED = {
+    "mobilenetv2": ("backbone.classifier.1.weight", "backbone.classifier.1.bias"),
+    "wrn50_2": ("backbone.fc.weight", "backbone.fc.bias"),
+}
+_CONVERT_HINT = "python -m furnace.tools.convert_official SRC DST --arch ARCH --branch branch1"
+_LIST_LIMIT = 20
+
+
+def _is_counter(name: str) -> bool:
+    # BN's num_batches_tracked: a step counter that changes no output; older files lack it
+    return name.endswith("num_batches_tracked")
+
+
+def _listing(items, limit: int = _LIST_LIMIT) -> str:
+    items = [str(i) for i in items]
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _shape(t) -> list:
+    return list(t.shape)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The DeepLabV3Plus inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+# ============================================================================ ImageNet weights
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_imagenet_weights` did. Names are backbone-relative (``layer1.0.conv1.weight``);
+    BN step counters (``num_batches_tracked``) follow their BN and are not listed.
+
+    ``missing`` = ours, absent from the file (stay random);
+    ``unexpected`` = in the file, not ours (ignored); ``mismatched`` = same name, other shape
+    (``(name, file_shape, our_shape)``, stay random).
+    """
+
+    path: str
+    arch: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, list, list]] = field(default_factory=list)
+    deep_stem_random: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True when every backbone tensor came from the file."""
+        return not self.missing and not self.mismatched
+
+    def __str__(self) -> str:
+        lines = [
+            f"ImageNet weights {self.path} -> {self.arch or 'backbone'}: {len(self.loaded)} tensors loaded, "
+            f"{len(self.missing)} missing (stay random), {len(self.mismatched)} shape-mismatched (stay random), "
+            f"{len(self.unexpected)} unexpected (ignored)"
+        ]
+        groups: Dict[str, int] = {}
+        for name in self.loaded:
+            parts = name.split(".")
+            key = ".".join(parts[:2]) if parts[0] == "features" else parts[0]
+            groups[key] = groups.get(key, 0) + 1
+        lines.append("  loaded: " + (", ".join(f"{k} ({n})" for k, n in groups.items()) or "nothing"))
+        if self.missing:
+            lines.append("  missing: " + _listing(self.missing))
+        if self.mismatched:
+            lines.append(
+                "  shape-mismatched: " + _listing(f"{n} file {f} vs ours {o}" for n, f, o in self.mismatched)
+            )
+        if self.unexpected:
+            lines.append("  unexpected: " + _listing(self.unexpected))
+        if self.deep_stem_random:
+            lines.append(
+                "  The deep stem conv1.* stays randomly initialised, as in the reference "
+                "(the file has no 3-conv deep stem of these shapes)."
+            )
+        return "\n".join(lines)
+
+
+def _state_dict_of(obj, path) -> Dict[str, torch.Tensor]:
+    """The tensor mapping inside a loaded file: a bare state dict, or one under 'state_dict' / 'model'."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise UserError(f"{path}: holds no state dict (no tensors found at the top level or under "
+                        f"'state_dict' / 'model'); expected a torchvision or timm ImageNet weight file")
+    return tensors
+
+
+def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+_TIMM_MBV2_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
+_TIMM_MBV2_IR = {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
+                 "conv_pwl": "conv.2", "bn3": "conv.3"}
+_TIMM_MBV2_DS = {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"}
+_TIMM_MBV2_TOP = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "features.18.0",
+                  "bn2": "features.18.1", "classifier": "classifier.1"}
+
+
+def _timm_mobilenetv2_to_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a timm ``mobilenetv2_*`` state dict to torchvision's ``features.N`` layout.
+
+    timm numbers blocks per stage (``blocks.<stage>.<i>``); torchvision numbers them consecutively
+    from ``features.1``. Inside a block the parameters correspond one to one (same shapes).
+    """
+    blocks = sorted({(int(m[1]), int(m[2])) for m in map(_TIMM_MBV2_BLOCK.match, state) if m})
+    index = {b: i + 1 for i, b in enumerate(blocks)}
+    out = {}
+    for name, tensor in state.items():
+        m = _TIMM_MBV2_BLOCK.match(name)
+        if m:
+            block = (int(m[1]), int(m[2]))
+            module, _, leaf = m[3].partition(".")
+            expands = f"blocks.{block[0]}.{block[1]}.conv_pwl.weight" in state
+            table = _TIMM_MBV2_IR if expands else _TIMM_MBV2_DS
+            new = f"features.{index[block]}.{table[module]}.{leaf}" if module in table else name
+        else:
+            module, _, leaf = name.partition(".")
+            new = f"{_TIMM_MBV2_TOP[module]}.{leaf}" if module in _TIMM_MBV2_TOP else name
+        out[new] = tensor
+    return out
+
+
+def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = False,
+                          verbose: bool = False) -> LoadReport:
+    """Copy ImageNet weights from the local file ``path`` into the backbone, by name and shape.
+
+    ``model_or_backbone``: a :class:`DeepLabV3Plus` (its ``.backbone`` is loaded) or a backbone.
+    The file is a torchvision or timm state dict (also inside ``'state_dict'`` / ``'model'``; a
+    ``module.`` / ``backbone.`` prefix is stripped; timm MobileNet-v2 names are mapped to torchvision's).
+    A tensor is loaded when the file has the same name with the same shape; everything else of ours
+    stays randomly initialised and is listed in the returned :class:`LoadReport` (printed when
+    ``verbose``). With torchvision's ResNet-18/101 file the deep stem ``conv1.*`` stays random, as in
+    the reference. Never downloads.
+
+    Raises UserError naming the file when it cannot be read, when not a single tensor matches (the
+    wrong architecture's file), or — with ``strict=True`` — when any backbone tensor is missing or
+    shape-mismatched.
+    """
+    model = _unwrap(model_or_backbone)
+    backbone = model.backbone if isinstance(model, DeepLabV3Plus) else model
+    arch = getattr(model, "arch", "") or getattr(backbone, "arch", "")
+    state = _strip_prefixes(_state_dict_of(safe_load(path), path))
+    if "conv_stem.weight" in state and any(k.startswith("blocks.") for k in state):
+        state = _timm_mobilenetv2_to_torchvision(state)
+
+    ours = backbone.state_dict()
+    report = LoadReport(path=str(path), arch=arch)
+    to_load = {}
+    for name, tensor in ours.items():
+        if _is_counter(name):
+            continue
+        if name not in state:
+            report.missing.append(name)
+        elif state[name].shape != tensor.shape:
+            report.mismatched.append((name, _shape(state[name]), _shape(tensor)))
+        else:
+            to_load[name] = state[name]
+            report.loaded.append(name)
+    # BN step counters travel with their BN's statistics and are not reported on their own
+    for name in ours:
+        sibling = name[: -len("num_batches_tracked")] + "running_mean"
+        if _is_counter(name) and sibling in to_load and name in state and state[name].dim() == 0:
+            to_load[name] = state[name]
+    report.unexpected = [k for k in state if k not in ours]
+    stem_names = [n for n in ours if n.startswith("conv1.")]
+    report.deep_stem_random = bool(getattr(backbone, "deep_stem", False)) and not any(
+        n in to_load for n in stem_names
+    )
+    if not to_load:
+        raise UserError(
+            f"{path}: none of its {len(state)} tensors matches the {arch or 'backbone'} backbone by name and "
+            f"shape (its names look like {_listing(list(state)[:5])}); is it the ImageNet file of this "
+            f"architecture? Use a torchvision or timm state dict, or pretrained='' for random init"
+        )
+    if strict and not report.complete:
+        problems = []
+        if report.missing:
+            problems.append(f"missing {_listing(report.missing)}")
+        if report.mismatched:
+            shapes = (f"{n} file {f} vs ours {o}" for n, f, o in report.mismatched)
+            problems.append("shape-mismatched " + _listing(shapes))
+        raise UserError(
+            f"{path}: strict ImageNet loading into {arch or 'the backbone'} failed: {'; '.join(problems)}. "
+            "Use a file with the same layout, or strict=False to keep those tensors random"
+        )
+    backbone.load_state_dict(to_load, strict=False)
+    if verbose:
+        print(report)
+    return report
+
+
+# ============================================================================ segmentor files
+
+
+def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None:
+    """Write ``model`` (a DeepLabV3Plus from build_model; DDP/compile wrappers are unwrapped) as a
+    segmentor file at ``path``, atomically. ``extra`` adds top-level keys (e.g. epoch, method); it may
+    not use the reserved ones (format, version, arch, num_classes, options, state_dict).
+    """
+    model = _unwrap(model)
+    if not isinstance(model, DeepLabV3Plus) or model.arch not in ARCHS:
+        raise TypeError("save_segmentor expects a DeepLabV3Plus made by furnace.models.build_model")
+    extra = dict(extra or {})
+    clash = [k for k in extra if k in _RESERVED]
+    if clash:
+        raise ValueError(f"save_segmentor: extra keys {clash} are reserved by the file format")
+    atomic_save(
+        {
+            "format": SEGMENTOR_FORMAT,
+            "version": SEGMENTOR_VERSION,
+            "arch": model.arch,
+            "num_classes": int(model.num_classes),
+            "options": dict(model.build_options),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            **extra,
+        },
+        path,
+    )
+
+
+def _looks_official(obj) -> bool:
+    state = obj.get("model") if isinstance(obj, dict) else None
+    return isinstance(state, dict) and any(str(k).split(".")[0] in BRANCHES for k in state)
+
+
+def _check_segmentor(obj, path) -> dict:
+    """The file's dict when it is one of our segmentor files, else a UserError saying what it is."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a segmentor file (it holds a {type(obj).__name__}, not a dict)")
+    fmt = obj.get("format")
+    if fmt != SEGMENTOR_FORMAT:
+        if _looks_official(obj):
+            what = "an original MGD/CPS release checkpoint ({'model': branch1.*, branch2.* ...})"
+        elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            what = "a bare state dict"
+        elif fmt is not None:
+            what = f"a file of format {fmt!r}"
+        else:
+            what = f"a dict with keys {_listing(list(obj)[:8])}"
+        raise UserError(
+            f"{path}: not a {SEGMENTOR_FORMAT} file; it is {what}. Original release checkpoints are converted "
+            f"once with `{_CONVERT_HINT}`; training runs write segmentor files to "
+            f"<output_dir>/checkpoints/epoch-<e>.pth (latest.pth is the training state, not a segmentor)"
+        )
+    version = obj.get("version")
+    if not isinstance(version, int) or version > SEGMENTOR_VERSION:
+        raise UserError(f"{path}: segmentor file version {version!r} is newer than this furnace reads "
+                        f"({SEGMENTOR_VERSION}); update the project")
+    for key in ("arch", "num_classes", "options", "state_dict"):
+        if key not in obj:
+            raise UserError(f"{path}: segmentor file lacks its {key!r} entry (damaged or hand-made file)")
+    if obj["arch"] not in ARCHS:
+        raise UserError(f"{path}: unknown arch {obj['arch']!r} (known: {', '.join(ARCHS)})")
+    return obj
+
+
+def _build_from_meta(obj, path) -> DeepLabV3Plus:
+    try:
+        return build_network(obj["arch"], int(obj["num_classes"]), **dict(obj["options"]))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: cannot rebuild the network from arch={obj['arch']!r}, "
+                        f"num_classes={obj['num_classes']!r}, options={obj['options']!r} ({err})") from err
+
+
+def _check_tensors(model: nn.Module, state: Dict[str, torch.Tensor], where: str, unused=()) -> List[str]:
+    """Strict name/shape comparison; returns the file's tensors in ``unused``, raises UserError otherwise."""
+    ours = model.state_dict()
+    dropped = [k for k in state if k in unused and k not in ours]
+    unknown = [k for k in state if k not in ours and k not in unused]
+    mismatched = [f"{k} file {_shape(state[k])} vs ours {_shape(ours[k])}"
+                  for k in state if k in ours and state[k].shape != ours[k].shape]
+    missing = [k for k in ours if k not in state and not _is_counter(k)]
+    if unknown or mismatched or missing:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if unknown:
+            parts.append(f"{len(unknown)} unknown: {_listing(unknown)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape-mismatched: {_listing(mismatched)}")
+        raise UserError(f"{where}: tensors do not match the network — " + "; ".join(parts))
+    return dropped
+
+
+def read_segmentor_meta(path) -> dict:
+    """``{"arch", "num_classes", "options", ...}`` of a segmentor file: every top-level entry except the
+    state dict (so also ``format``, ``version`` and any ``extra`` keys). UserError as for load_segmentor."""
+    obj = _check_segmentor(safe_load(path), path)
+    return {k: v for k, v in obj.items() if k != "state_dict"}
+
+
+def load_segmentor(path, map_location="cpu") -> DeepLabV3Plus:
+    """Rebuild the network recorded in the segmentor file ``path`` and load its weights strictly.
+
+    Returns the DeepLabV3Plus in eval mode, moved to ``map_location`` (a device or its name).
+    Raises UserError naming ``path`` when the file is missing, unreadable, not a segmentor file
+    (an original release checkpoint gets the convert_official command), or its tensors do not match.
+    """
+    obj = _check_segmentor(safe_load(path), path)
+    model = _build_from_meta(obj, path)
+    state = obj["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: its 'state_dict' entry is a {type(state).__name__}, not a dict")
+    _check_tensors(model, state, str(path))
+    model.load_state_dict(state, strict=False)  # strictness checked above; counters may be absent
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval()
+
+
+# ============================================================================ official releases
+
+
+def guess_official_arch(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The arch an original network's state dict (``backbone.*``, no branch prefix) belongs to, or None."""
+    if "backbone.features.0.0.weight" in state:
+        return "mobilenetv2"
+    stem = state.get("backbone.conv1.weight")
+    if stem is not None and stem.dim() == 4 and stem.shape[-1] == 7:
+        return "wrn50_2"
+    stem = state.get("backbone.conv1.0.weight")
+    if stem is not None:
+        return {32: "resnet18", 64: "resnet101"}.get(int(stem.shape[0]))
+    return None
+
+
+def official_branch(obj, src, branch: str) -> Dict[str, torch.Tensor]:
+    """The tensors of network ``branch`` of an original release (``{'model': sd}`` or a bare ``sd``),
+    with the ``<branch>.`` prefix removed."""
+    if branch not in BRANCHES:
+        raise UserError(f"branch {branch!r} is not one of {', '.join(BRANCHES)}")
+    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{src}: expected an original checkpoint {{'model': state_dict}} or a bare state dict")
+    prefix = branch + "."
+    picked = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    if not picked:
+        found = sorted({str(k).split(".")[0] for k in state})
+        raise UserError(f"{src}: no tensors under {prefix!r}; top-level prefixes in the file: {_listing(found)}. "
+                        f"MGD student files: branch1 = student, branch2 = wide teacher (wrn50_2), "
+                        f"branch3 = deep teacher (resnet101); CPS teacher files: branch1")
+    bad = [k for k, v in picked.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{src}: entries under {prefix!r} that are not tensors: {_listing(bad)}")
+    return picked
+
+
+def official_to_segmentor(state: Dict[str, torch.Tensor], arch: str, num_classes: Optional[int] = None,
+                          where: str = "checkpoint") -> Tuple[DeepLabV3Plus, List[str]]:
+    """Build ``arch`` at the reference layout and load one original network's ``state`` strictly.
+
+    Every tensor must map onto ours (same name and shape) or be one of the known-unused ones
+    (``OFFICIAL_UNUSED[arch]``), and every tensor of ours must be present. ``num_classes`` is taken
+    from ``classifier.weight`` unless given (a different value is an error). Returns the network in
+    eval mode and the names of the dropped unused tensors.
+    """
+    if arch not in ARCHS:
+        raise UserError(f"--arch {arch!r} is not one of {', '.join(ARCHS)}")
+    cls = state.get("classifier.weight")
+    if cls is None or cls.dim() != 4:
+        raise UserError(f"{where}: no 'classifier.weight' conv tensor; not a DeepLabv3+ of the original project")
+    found = int(cls.shape[0])
+    if num_classes is not None and num_classes != found:
+        raise UserError(f"{where}: --num-classes {num_classes} but the checkpoint's classifier has {found} classes")
+    model = build_network(arch, found)
+    try:
+        dropped = _check_tensors(model, state, where, unused=OFFICIAL_UNUSED.get(arch, ()))
+    except UserError as err:
+        guess = guess_official_arch(state)
+        hint = f" The tensors look like a {guess} network: try --arch {guess}." if guess and guess != arch else ""
+        raise UserError(f"{err} (converting as --arch {arch}).{hint}") from None
+    model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
+    return model.eval(), dropped
+
+
+def convert_official(src, dst, arch: str, branch: str = "branch1", num_classes: Optional[int] = None) -> dict:
+    """Convert network ``branch`` of the original release file ``src`` into our segmentor file ``dst``.
+
+    The result gives exactly the original network's logits (same layout, same tensors). Returns a
+    summary ``{"arch", "num_classes", "tensors", "dropped", "dst"}``. UserError on a missing/unreadable
+    file, an absent branch, unknown or mismatched tensors (listed), or a class-count mismatch.
+    """
+    if Path(dst).resolve() == Path(src).resolve():
+        raise UserError(f"{dst}: the destination is the source file; write the converted file elsewhere")
+    state = official_branch(safe_load(src), src, branch)
+    model, dropped = official_to_segmentor(state, arch, num_classes, where=f"{src} [{branch}]")
+    save_segmentor(model, dst, extra={"converted_from": os.path.basename(str(src)), "branch": branch})
+    return {"arch": arch, "num_classes": model.num_classes, "tensors": len(state) - len(dropped),
+            "dropped": dropped, "dst": str(dst)}

@@ -1,0 +1,1 @@
+"""Command-line tools of furnace, run as ``python -m furnace.tools.<tool>``."""

@@ -1,0 +1,59 @@
+"""Convert a checkpoint released by the original MGD/CPS project into our segmentor file.
+
+    python -m furnace.tools.convert_official SRC DST --arch ARCH --branch branch1|branch2|branch3 [--num-classes N]
+
+The original files store ``{'model': state_dict}`` with keys ``branch<k>.{backbone,head,classifier}.*``.
+CPS teacher files: branch1 and branch2 are two networks of one architecture (branch1 is the teacher).
+MGD student files: branch1 = student, branch2 = wide teacher (wrn50_2), branch3 = deep teacher (resnet101).
+The converted file gives exactly the original network's outputs and loads with
+``furnace.models.load_segmentor`` (and as a teacher_deep / teacher_wide file of a student config).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..models.backbones import ARCHS
+from ..models.checkpoint import BRANCHES, convert_official
+from ..utils import UserError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m furnace.tools.convert_official",
+        description=__doc__.split("\n\n", 1)[0] + "\n\n" + __doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Every tensor of the chosen branch must map onto the network (same name and shape) or be one of\n"
+            "the tensors the original never used (mobilenetv2 backbone.classifier.1.*, wrn50_2 backbone.fc.*);\n"
+            "otherwise nothing is written and the offending tensors are listed.\n\n"
+            "example (the deep teacher of an MGD student release):\n"
+            "  python -m furnace.tools.convert_official voc8_mgd_r18.pth \\\n"
+            "      DATA/model-weight/teachers/voc_1-8_resnet101.pth --arch resnet101 --branch branch3"
+        ),
+    )
+    parser.add_argument("src", metavar="SRC", help="original checkpoint ({'model': state_dict} or a bare state dict)")
+    parser.add_argument("dst", metavar="DST", help="segmentor file to write (atomically)")
+    parser.add_argument("--arch", required=True, choices=ARCHS, help="architecture of the chosen branch")
+    parser.add_argument("--branch", default="branch1", choices=BRANCHES,
+                        help="which network of the file to take (default: branch1)")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
+                        help="expected class count; default: read from classifier.weight (a mismatch is an error)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = convert_official(args.src, args.dst, args.arch, args.branch, args.num_classes)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    dropped = f"; dropped the unused {', '.join(summary['dropped'])}" if summary["dropped"] else ""
+    print(f"{args.src} [{args.branch}] -> {summary['dst']}: {summary['arch']}, {summary['num_classes']} classes, "
+          f"{summary['tensors']} tensors{dropped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

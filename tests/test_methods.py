@@ -1,0 +1,169 @@
+"""Methods: what trains, what stays frozen, which teacher feeds which loss, and their files."""
+import pytest
+import torch
+
+from furnace.config import resolve_config, synthetic_config
+from furnace.methods import build_method
+from furnace.models import build_model, load_segmentor, save_segmentor
+from furnace.utils import UserError
+
+SMALL = dict(width_mult=0.25, head_channels=32)
+
+
+def small_cfg(tmp_path, **kw):
+    C = synthetic_config()
+    C.data_root = str(tmp_path / "DATA")
+    C.output_dir = str(tmp_path / "out")
+    C.num_classes = 4
+    C.width_mult, C.head_channels = SMALL["width_mult"], SMALL["head_channels"]
+    C.update(kw)
+    return C
+
+
+def make_teachers(tmp_path, num_classes=4):
+    paths = {}
+    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
+        torch.manual_seed(len(arch))
+        net = build_model(arch, num_classes, verbose=False, width_mult=0.125, head_channels=16)
+        # give BN non-trivial running statistics so a changed buffer would show
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        paths[key] = str(tmp_path / f"{arch}.pth")
+        save_segmentor(net, paths[key])
+    return paths
+
+
+def batch(b=2, size=32, num_classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(b, 1, size, size)
+    mask[:, :, : size // 2, : size // 2] = 1
+    return {
+        "image_l": torch.randn(b, 3, size, size, generator=g),
+        "label_l": torch.randint(0, num_classes, (b, size, size), generator=g),
+        "image_u0": torch.randn(b, 3, size, size, generator=g),
+        "image_u1": torch.randn(b, 3, size, size, generator=g),
+        "mask_mix": mask,
+    }
+
+
+@pytest.fixture
+def mgd(tmp_path):
+    cfg = resolve_config(small_cfg(tmp_path, method="mgd", **make_teachers(tmp_path)))
+    return build_method(cfg)
+
+
+def test_mgd_losses_named_after_the_paper(mgd):
+    losses = mgd(batch())
+    assert set(losses) == {"loss", "sup", "pixel_labeled", "pixel_unlabeled", "semantic_sensitive", "content_aware"}
+    cfg = mgd.cfg
+    total = (
+        losses["sup"] + losses["pixel_labeled"] + losses["pixel_unlabeled"]
+        + cfg.lambda_image * losses["semantic_sensitive"] + cfg.lambda_region * losses["content_aware"]
+    )
+    assert torch.allclose(losses["loss"], total)
+
+
+def test_mgd_gradients_reach_only_the_student_and_teachers_stay_unchanged(mgd):
+    teachers = [mgd.frozen("teacher_deep"), mgd.frozen("teacher_wide")]
+    before = [{k: v.clone() for k, v in t.state_dict().items()} for t in teachers]
+    opt = torch.optim.SGD(mgd.parameters(), lr=0.1)
+    mgd.train()
+    losses = mgd(batch())
+    losses["loss"].backward()
+    opt.step()
+    # parameters of the method are exactly the student's
+    assert {id(p) for p in mgd.parameters()} == {id(p) for p in mgd.student.parameters()}
+    assert all(p.grad is not None for p in mgd.student.parameters() if p.requires_grad)
+    for t, snap in zip(teachers, before):
+        assert not t.training  # eval-mode BN by default
+        assert all(p.grad is None and not p.requires_grad for p in t.parameters())
+        for k, v in t.state_dict().items():  # weights and BN buffers (running stats, counters)
+            assert torch.equal(v, snap[k]), k
+    assert not any(k.startswith("teacher") for k in mgd.state_dict())
+
+
+def test_mgd_teacher_roles(mgd):
+    """Image level uses only T_D, region level only T_W: perturbing the other teacher leaves them."""
+    b = batch()
+    base = {k: v.item() for k, v in mgd(b).items()}
+    with torch.no_grad():
+        for p in mgd.frozen("teacher_wide").parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after_wide = {k: v.item() for k, v in mgd(b).items()}
+    assert after_wide["semantic_sensitive"] == pytest.approx(base["semantic_sensitive"], rel=1e-6)
+    assert after_wide["content_aware"] != pytest.approx(base["content_aware"], rel=1e-3)
+    with torch.no_grad():
+        for p in mgd.frozen("teacher_deep").parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after_deep = {k: v.item() for k, v in mgd(b).items()}
+    assert after_deep["content_aware"] == pytest.approx(after_wide["content_aware"], rel=1e-6)
+    assert after_deep["semantic_sensitive"] != pytest.approx(after_wide["semantic_sensitive"], rel=1e-3)
+
+
+def test_mgd_batched_teachers_equal_reference_path(tmp_path):
+    teachers = make_teachers(tmp_path)
+    torch.manual_seed(0)
+    fast = build_method(resolve_config(small_cfg(tmp_path, method="mgd", **teachers)))
+    torch.manual_seed(0)
+    ref = build_method(resolve_config(small_cfg(tmp_path, method="mgd", mgd_impl="reference", **teachers)))
+    b = batch()
+    lf, lr = fast(b), ref(b)
+    for k in lf:
+        assert lf[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
+
+
+def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path):
+    cfg = resolve_config(small_cfg(tmp_path, method="mgd", teacher_bn="train", **make_teachers(tmp_path)))
+    m = build_method(cfg)
+    m.train()
+    assert m.frozen("teacher_deep").training and m.frozen("teacher_wide").training
+    m.eval()
+    assert not m.frozen("teacher_deep").training
+
+
+def test_missing_or_wrong_teacher_file_fails_before_training(tmp_path):
+    teachers = make_teachers(tmp_path)
+    with pytest.raises(UserError, match="teacher_deep.*not found"):
+        build_method(resolve_config(small_cfg(tmp_path, method="mgd", teacher_deep=str(tmp_path / "nope.pth"),
+                                              teacher_wide=teachers["teacher_wide"])))
+    # the wide file where the deep teacher is expected: the architecture is named
+    with pytest.raises(UserError, match="wrn50_2"):
+        build_method(resolve_config(small_cfg(tmp_path, method="mgd", teacher_deep=teachers["teacher_wide"],
+                                              teacher_wide=teachers["teacher_wide"])))
+    # another class count
+    with pytest.raises(UserError, match="classes"):
+        build_method(resolve_config(small_cfg(tmp_path, method="mgd", num_classes=7, **teachers)))
+
+
+def test_cps_trains_both_networks_and_exports_branch1(tmp_path):
+    cfg = resolve_config(small_cfg(tmp_path, method="cps", arch="resnet18"))
+    cps = build_method(cfg)
+    losses = cps(batch())
+    assert set(losses) == {"loss", "sup", "cps"}
+    assert torch.allclose(losses["loss"], losses["sup"] + cfg.lambda_cps * losses["cps"])
+    losses["loss"].backward()
+    for net in (cps.branch1, cps.branch2):
+        assert all(p.grad is not None for p in net.parameters())
+    # different head initialisations
+    assert not torch.equal(cps.branch1.classifier.weight, cps.branch2.classifier.weight)
+    cps.on_train_end(cfg)
+    exported = load_segmentor(cfg.export_teacher)
+    x = torch.randn(1, 3, 32, 32)
+    cps.eval()
+    assert torch.equal(exported(x), cps.branch1(x))
+
+
+def test_supervised_uses_labeled_data_only(tmp_path):
+    sup = build_method(resolve_config(small_cfg(tmp_path, method="supervised")))
+    assert sup.needs_unlabeled is False
+    b = {k: v for k, v in batch().items() if k.endswith("_l")}
+    losses = sup(b)
+    assert set(losses) == {"loss", "sup"}
+
+
+def test_missing_imagenet_file_is_named(tmp_path):
+    cfg = resolve_config(small_cfg(tmp_path, method="supervised", pretrained="auto"))
+    with pytest.raises(UserError, match="resnet18.pth"):
+        build_method(cfg)
