@@ -1,0 +1,194 @@
+"""Training state on disk: ``latest.pth`` (everything needed to resume) and per-epoch snapshots.
+
+Run directory layout (``cfg.output_dir``)::
+
+    checkpoints/latest.pth        full training state, rewritten every epoch / save_every_iters
+    checkpoints/epoch-<e>.pth     segmentor file of method.eval_network() after epoch e (1-based)
+
+``latest.pth`` holds only tensors and plain Python values so that it loads with ``weights_only=True``:
+
+    format "mgd-ssss.train-state", version 1,
+    method      method.state_dict() (the trained networks; frozen teachers are not in it)
+    optimizer   optimizer.state_dict() (momentum buffers)
+    scaler      GradScaler.state_dict() ({} unless fp16 AMP)
+    epoch       0-based epoch in progress; iter_in_epoch: iterations of it already done
+    global_iter completed optimizer steps = the LR-schedule position
+    rng         one dict per rank: python / numpy / torch CPU / CUDA generator states
+    world_size  process count that wrote it (RNG states are per rank)
+    config      the resolved config as a plain dict
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import config_to_dict
+from ..utils import UserError, atomic_save, safe_load
+
+TRAIN_STATE_FORMAT = "mgd-ssss.train-state"
+TRAIN_STATE_VERSION = 1
+
+
+def checkpoint_dir(cfg) -> Path:
+    return Path(cfg.output_dir) / "checkpoints"
+
+
+def latest_path(cfg) -> Path:
+    return checkpoint_dir(cfg) / "latest.pth"
+
+
+def snapshot_path(cfg, epoch: int) -> Path:
+    return checkpoint_dir(cfg) / f"epoch-{epoch}.pth"
+
+
+def keep_snapshot(epoch: int, total_epochs: int, last: int, every: int) -> bool:
+    """Whether the snapshot after 1-based ``epoch`` is written.
+
+    The rule: the last ``last`` epochs of the run, every ``every``-th epoch (when ``every`` > 0), and
+    always the final epoch. With 34 epochs and last=14 that is epochs 21..34.
+    """
+    return epoch >= total_epochs or epoch > total_epochs - last or (every > 0 and epoch % every == 0)
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def get_rng_state() -> dict:
+    """This process's generator states as tensors and plain values (weights_only-loadable)."""
+    version, py_state, gauss = random.getstate()
+    np_key, np_state, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": [int(v) for v in py_state], "gauss": gauss},
+        "numpy": {
+            "key": str(np_key),
+            "state": torch.from_numpy(np.asarray(np_state, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_cpu_rng():
+    """Run a block without letting it advance the python / numpy / torch CPU generators.
+
+    Data loading is a deterministic function of (seed, epoch, position) and must not draw from the
+    global generators the method uses (a DataLoader draws a base seed whenever an iterator starts,
+    and a resumed run starts its iterator at a different iteration than an uninterrupted one).
+    """
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+# ----------------------------------------------------------------------------- latest.pth
+
+
+def save_training_state(path, *, method, optimizer, scaler, epoch, iter_in_epoch, global_iter, rng, cfg) -> None:
+    """Write ``latest.pth`` atomically (call on rank 0 only; ``rng`` is the list of per-rank states).
+
+    A failed write (full disk, permissions, an interruption inside ``torch.save``) leaves the previous
+    file intact and raises UserError naming the path and the cause.
+    """
+    state = {
+        "format": TRAIN_STATE_FORMAT,
+        "version": TRAIN_STATE_VERSION,
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "epoch": int(epoch),
+        "iter_in_epoch": int(iter_in_epoch),
+        "global_iter": int(global_iter),
+        "rng": list(rng),
+        "world_size": len(rng),
+        "config": config_to_dict(cfg),
+    }
+    try:
+        atomic_save(state, path)
+    except Exception as err:
+        raise UserError(
+            f"{path}: writing the training checkpoint failed ({type(err).__name__}: {err}); the previous "
+            "file there, if any, is unchanged. Free disk space or fix permissions, then continue with "
+            "--resume auto"
+        ) from err
+
+
+def load_training_state(path) -> dict:
+    """Read a ``latest.pth`` written by :func:`save_training_state`; UserError naming the file otherwise."""
+    state = safe_load(path, map_location="cpu")
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise UserError(
+            f"{path}: not a furnace training checkpoint (latest.pth); to evaluate or fine-tune from a "
+            "snapshot or released weights, use eval.py or the model's pretrained/teacher settings"
+        )
+    if state.get("version") != TRAIN_STATE_VERSION:
+        raise UserError(f"{path}: training-checkpoint version {state.get('version')} is not supported "
+                        f"(this furnace writes version {TRAIN_STATE_VERSION})")
+    return state
+
+
+def find_resume(cfg, resume: str) -> Path | None:
+    """The checkpoint to resume from: None for a fresh start.
+
+    ``""`` -> fresh; ``"auto"`` -> ``checkpoints/latest.pth`` of ``cfg.output_dir`` when it exists,
+    fresh otherwise; anything else is a path that must exist.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        path = latest_path(cfg)
+        return path if path.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise UserError(f"--resume {resume}: file not found; give a latest.pth path or 'auto'")
+    return path
+
+
+# ----------------------------------------------------------------------------- snapshots
+
+
+def save_snapshot(network, path, extra: dict) -> None:
+    """Write ``network`` as a segmentor file (``furnace.models.save_segmentor``, atomic)."""
+    from furnace.models import save_segmentor
+
+    try:
+        save_segmentor(network, path, extra=extra)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(
+            f"{path}: writing the snapshot failed ({type(err).__name__}: {err}); free disk space or fix "
+            "permissions, then continue with --resume auto"
+        ) from err
+
+
+def load_snapshot(path, map_location="cpu"):
+    """Read a segmentor file back as a network in eval mode (``furnace.models.load_segmentor``)."""
+    from furnace.models import load_segmentor
+
+    return load_segmentor(path, map_location=map_location)

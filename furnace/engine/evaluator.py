@@ -1,0 +1,337 @@
+"""Sliding-window, multi-scale, flip evaluation and the confusion-matrix metrics (SPEC §8).
+
+Prediction of one image (``Evaluator.predict``):
+
+* per scale ``s`` in ``cfg.eval_scales`` the uint8 image is resized by ``s`` (cv2 bilinear, like the
+  training augmentation), normalised, and predicted with a sliding window; with ``cfg.eval_flip`` the
+  mirrored image is predicted too and its logits mirrored back;
+* sliding window: window ``crop = cfg.eval_crop``, stride ``ceil(2/3 * crop)``; an axis shorter than the
+  window is centre-padded to it (0 = the mean colour after normalisation, as in training); along a
+  longer axis the windows start at 0, stride, 2*stride, ... and the last is shifted back to end at the
+  border; overlapping logits are averaged (count map); windows go through the network ``cfg.eval_batch``
+  at a time;
+* the views are combined by **summing softmax probabilities**: logits of different scales have
+  different magnitudes, probabilities are comparable, and with one scale and no flip the argmax equals
+  the plain logits' argmax.
+
+Metrics come from a C x C int64 confusion matrix (rows = ground truth, columns = prediction) over the
+pixels with ``0 <= gt < C``, summed over processes; the val list is sharded so that every image is
+evaluated by exactly one process.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..utils import UserError
+from . import dist
+from .checkpoint import preserved_cpu_rng
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def window_stride(crop: int) -> int:
+    """``ceil(2/3 * crop)`` in integer arithmetic (800 -> 534, 512 -> 342)."""
+    return -(-2 * crop // 3)
+
+
+def center_pad(h: int, w: int, crop: int) -> tuple[int, int, int, int]:
+    """Padding ``(top, bottom, left, right)`` that centres an axis shorter than ``crop`` in it."""
+    ph, pw = max(crop - h, 0), max(crop - w, 0)
+    return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+
+
+def _axis_starts(size: int, crop: int, stride: int) -> list[int]:
+    if size <= crop:
+        return [0]
+    return list(range(0, size - crop, stride)) + [size - crop]
+
+
+def sliding_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Windows ``(y0, y1, x0, x1)`` covering an ``h x w`` image padded by :func:`center_pad`.
+
+    Coordinates are in the padded image of size ``(max(h, crop), max(w, crop))``; every window is
+    ``crop x crop``. 1024x2048 at crop 800 / stride 534 gives rows [0, 224], columns
+    [0, 534, 1068, 1248]: 8 windows. An image not larger than the window gives one window.
+    """
+    ph, pw = max(h, crop), max(w, crop)
+    return [(y, y + crop, x, x + crop) for y in _axis_starts(ph, crop, stride) for x in _axis_starts(pw, crop, stride)]
+
+
+# ----------------------------------------------------------------------------- dataset look
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> HxWx3 float32 ImageNet-normalised, the same function training uses."""
+    try:
+        from furnace.datasets.transforms import normalize
+    except ImportError as err:
+        if not (err.name or "").startswith("furnace"):
+            raise
+        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+        std = np.asarray(IMAGENET_STD, np.float32) * 255
+        return (image.astype(np.float32) - mean) / std
+    return np.asarray(normalize(image), dtype=np.float32)
+
+
+def default_palette(n: int = 256) -> np.ndarray:
+    """(n,3) uint8 colours with the VOC bit-interleaved scheme (stand-in when no layout is known)."""
+    pal = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def dataset_meta(cfg) -> tuple[list[str], np.ndarray]:
+    """``(class_names, palette)`` for ``cfg.dataset`` from ``furnace.datasets.get_layout``.
+
+    Generic names (``class_<i>``) and the bit-interleaved palette stand in when the datasets package
+    is not importable or its class list does not have ``cfg.num_classes`` entries.
+    """
+    names = [f"class_{i}" for i in range(cfg.num_classes)]
+    palette = default_palette(max(cfg.num_classes, 1))
+    try:
+        from furnace.datasets import get_layout
+    except ImportError as err:
+        if not (err.name or "furnace").startswith("furnace"):
+            raise
+        return names, palette
+    layout = get_layout(cfg.dataset)
+    if len(layout.class_names) == cfg.num_classes:
+        names = list(layout.class_names)
+    if len(layout.palette) >= cfg.num_classes:
+        palette = np.asarray(layout.palette, np.uint8)
+    return names, palette
+
+
+def colorize(index_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """HxW class indices -> HxWx3 uint8 RGB with ``palette``; indices past it (255 = ignore) are white."""
+    lut = np.full((256, 3), 255, np.uint8)
+    n = min(len(palette), 255)
+    lut[:n] = np.asarray(palette, np.uint8)[:n]
+    return lut[np.asarray(index_map, np.uint8)]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C,C) int64 counts, rows = ground truth, columns = prediction, over pixels with 0 <= gt < C.
+
+    ``pred`` and ``gt`` are integer tensors of the same shape; ``pred`` values must lie in [0, C).
+    """
+    gt = gt.long()
+    valid = (gt >= 0) & (gt < num_classes)
+    idx = gt[valid] * num_classes + pred.long()[valid]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def metrics_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
+    """Metrics of a (C,C) confusion matrix.
+
+    Returns ``miou`` (mean of IoU over the classes present in ground truth or prediction; fractions in
+    [0, 1]), ``iou`` (list of C floats, NaN for classes present in neither), ``class_names``,
+    ``pixel_acc`` (correct / counted pixels) and ``confusion`` (the matrix as an int64 ndarray).
+    """
+    conf = np.asarray(confusion, dtype=np.int64)
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp  # TP + FP + FN
+    present = union > 0
+    iou = np.full(len(tp), np.nan)
+    iou[present] = tp[present] / union[present]
+    total = conf.sum()
+    return {
+        "miou": float(iou[present].mean()) if present.any() else float("nan"),
+        "iou": [float(v) for v in iou],
+        "class_names": list(class_names) if class_names is not None else [f"class_{i}" for i in range(len(tp))],
+        "pixel_acc": float(tp.sum() / total) if total else float("nan"),
+        "confusion": conf,
+    }
+
+
+def format_results(res: dict) -> str:
+    """A plain-text table: per-class IoU (%) with names, then mIoU and pixel accuracy."""
+    width = max([len(n) for n in res["class_names"]] + [5])
+    lines = [f"{'class'.ljust(width)}    IoU"]
+    for name, iou in zip(res["class_names"], res["iou"]):
+        lines.append(f"{name.ljust(width)}  {100 * iou:5.2f}" if math.isfinite(iou) else f"{name.ljust(width)}      -")
+    present = sum(math.isfinite(v) for v in res["iou"])
+    lines.append(f"{'mIoU'.ljust(width)}  {100 * res['miou']:5.2f}   pixel acc {100 * res['pixel_acc']:.2f}   "
+                 f"(classes present {present}/{len(res['iou'])})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+def _identity(sample):
+    return sample
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[\\/:]+", "_", str(name)).strip("._") or "image"
+
+
+def _module_modes(net: torch.nn.Module) -> list:
+    return [(m, m.training) for m in net.modules()]
+
+
+def _restore_modes(modes: list) -> None:
+    for m, training in modes:
+        m.training = training
+
+
+class Evaluator:
+    """Evaluation settings of a config (``eval_crop``, ``eval_scales``, ``eval_flip``, ``eval_batch``,
+    ``num_classes``, ``amp``, ``channels_last``) bound to a device."""
+
+    def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None):
+        self.num_classes = int(cfg.num_classes)
+        self.crop = int(cfg.eval_crop)
+        self.stride = window_stride(self.crop)
+        self.scales = [float(s) for s in cfg.eval_scales]
+        self.flip = bool(cfg.eval_flip)
+        self.batch = int(cfg.eval_batch)
+        self.num_workers = int(cfg.get("num_workers", 0))
+        self.device = torch.device(device) if device is not None else dist.resolve_device(cfg.get("device", "auto"))
+        self.dtype = dist.amp_dtype(cfg.get("amp", "none"), self.device)
+        self.channels_last = bool(cfg.get("channels_last", False)) and self.device.type == "cuda"
+        if class_names is None or palette is None:
+            names, pal = dataset_meta(cfg)
+            class_names = names if class_names is None else class_names
+            palette = pal if palette is None else palette
+        self.class_names = list(class_names)
+        self.palette = np.asarray(palette, np.uint8)
+
+    def _forward(self, network, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = network(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        out = out.float()
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if out.shape[1] != self.num_classes:
+            raise UserError(f"the network predicts {out.shape[1]} classes but config num_classes="
+                            f"{self.num_classes}; evaluate with the matching dataset/num_classes")
+        return out
+
+    def sliding_logits(self, network, x: torch.Tensor) -> torch.Tensor:
+        """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows."""
+        h, w = x.shape[-2:]
+        top, bottom, left, right = center_pad(h, w, self.crop)
+        xp = F.pad(x, (left, right, top, bottom), value=0.0)
+        windows = sliding_windows(h, w, self.crop, self.stride)
+        acc = torch.zeros((1, self.num_classes, *xp.shape[-2:]), device=x.device)
+        count = torch.zeros((1, 1, *xp.shape[-2:]), device=x.device)
+        for i in range(0, len(windows), self.batch):
+            chunk = windows[i:i + self.batch]
+            out = self._forward(network, torch.cat([xp[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk]))
+            for (y0, y1, x0, x1), o in zip(chunk, out):
+                acc[..., y0:y1, x0:x1] += o
+                count[..., y0:y1, x0:x1] += 1
+        return (acc / count)[..., top:top + h, left:left + w]
+
+    @torch.no_grad()
+    def predict(self, network, image: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 RGB image -> (C,H,W) float32 class scores (sum of softmax over scales/flips).
+
+        ``network`` maps (B,3,h,w) normalised images to (B,C,h,w) logits and is used as it is (the
+        caller puts it in eval mode).
+        """
+        import cv2
+
+        h, w = image.shape[:2]
+        total = None
+        for s in self.scales:
+            img = image
+            if s != 1.0:
+                size = (max(1, round(w * s)), max(1, round(h * s)))
+                img = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            x = torch.from_numpy(np.ascontiguousarray(normalize_image(img))).permute(2, 0, 1)[None].to(self.device)
+            for flipped in ([False, True] if self.flip else [False]):
+                logits = self.sliding_logits(network, x.flip(-1) if flipped else x)
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                prob = logits.softmax(1)[0]
+                total = prob if total is None else total + prob
+        return total
+
+    def run(self, network, dataset, save_pred_dir=None, progress: bool = False) -> dict:
+        """Evaluate ``network`` on ``dataset`` (items ``{"image","label","name"}``), sharded over ranks.
+
+        Returns :func:`metrics_from_confusion` of the confusion matrix summed over processes. With
+        ``save_pred_dir``, writes ``index/<name>.png`` (class indices) and ``color/<name>.png``
+        (palette colours). The network's train/eval modes are restored afterwards and the global
+        random generators are left untouched.
+        """
+        rank, world = dist.get_rank(), dist.get_world_size()
+        indices = list(range(rank, len(dataset), world))
+        conf = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=self.device)
+        out_dir = Path(save_pred_dir) if save_pred_dir else None
+        if out_dir is not None:
+            (out_dir / "index").mkdir(parents=True, exist_ok=True)
+            (out_dir / "color").mkdir(parents=True, exist_ok=True)
+        modes = _module_modes(network)
+        network.eval()
+        try:
+            with preserved_cpu_rng():
+                loader = torch.utils.data.DataLoader(
+                    torch.utils.data.Subset(dataset, indices), batch_size=None, collate_fn=_identity,
+                    num_workers=min(self.num_workers, len(indices)),
+                )
+                if progress and dist.is_main():
+                    from tqdm import tqdm
+
+                    loader = tqdm(loader, total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0)
+                for sample in loader:
+                    pred = self.predict(network, sample["image"]).argmax(0)
+                    gt = torch.from_numpy(np.asarray(sample["label"])).to(self.device)
+                    if gt.shape != pred.shape:
+                        raise UserError(f"val image {sample.get('name', '?')}: label size {tuple(gt.shape)} "
+                                        f"differs from image size {tuple(pred.shape)}; run the dataset check")
+                    conf += confusion_matrix(pred, gt, self.num_classes)
+                    if out_dir is not None:
+                        self._save_prediction(out_dir, sample["name"], pred.to(torch.uint8).cpu().numpy())
+        finally:
+            _restore_modes(modes)
+        conf = dist.all_reduce_sum(conf)
+        return metrics_from_confusion(conf.cpu().numpy(), self.class_names)
+
+    def _save_prediction(self, out_dir: Path, name: str, pred: np.ndarray) -> None:
+        import cv2
+
+        stem = _safe_name(name)
+        cv2.imwrite(str(out_dir / "index" / f"{stem}.png"), pred)
+        color = colorize(pred, self.palette)
+        cv2.imwrite(str(out_dir / "color" / f"{stem}.png"), color[..., ::-1].copy())
+
+
+def evaluate(network, dataset, cfg, *, save_pred_dir=None, device=None, progress: bool = False) -> dict:
+    """Evaluate ``network`` on ``dataset`` with the evaluation settings of ``cfg`` (see the module doc).
+
+    Returns ``dict(miou, iou, class_names, pixel_acc, confusion)``; IoUs are fractions in [0, 1], NaN
+    for classes absent from both ground truth and prediction. Under torchrun every process must call
+    it; each evaluates its share of the images and all receive the same result.
+    """
+    if device is None:
+        params = list(network.parameters())
+        device = params[0].device if params else dist.resolve_device(cfg.get("device", "auto"))
+    return Evaluator(cfg, device).run(network, dataset, save_pred_dir=save_pred_dir, progress=progress)

@@ -1,0 +1,163 @@
+"""What a run reports: a tqdm bar (rank 0), ``log.txt`` and TensorBoard (``tb/``) in the run directory.
+
+Every method is a no-op on ranks other than 0, so the training loop calls them unconditionally.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD, config_to_dict
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def denormalize(images: torch.Tensor) -> np.ndarray:
+    """(B,3,H,W) ImageNet-normalised float tensor -> (B,H,W,3) uint8 RGB."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = images.detach().float().cpu() * std + mean
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class TrainLogger:
+    """Progress bar, text log and TensorBoard writer of one training run.
+
+    ``enabled`` is True on rank 0 only. ``total_iters`` is where the run will stop (for the bar and
+    the ETA), ``start_iter`` the global iteration it starts from (non-zero after a resume).
+    """
+
+    def __init__(self, output_dir, *, enabled: bool, total_iters: int = 0, start_iter: int = 0,
+                 log_every: int = 20):
+        self.enabled = enabled
+        self.log_every = max(1, int(log_every))
+        self.total_iters = total_iters
+        self.start_iter = start_iter
+        self._t0 = time.time()
+        self._window: dict[str, list[float]] = {}
+        self._file = self._tb = self._bar = None
+        if not enabled:
+            return
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._file = open(out / "log.txt", "a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(out / "tb"))
+
+    # -- text
+    def info(self, message: str) -> None:
+        """One line to the console (above the bar) and to log.txt."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+        else:
+            print(message, flush=True)
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self._file.write(f"[{stamp}] {line}\n")
+        self._file.flush()
+
+    def log_config(self, cfg) -> None:
+        """The resolved config, in full, to log.txt (console gets one line)."""
+        if not self.enabled:
+            return
+        text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True, default=str)
+        self._file.write(f"config:\n{text}\n")
+        self._file.flush()
+        self.info(f"run directory {cfg.output_dir}; config written to log.txt")
+
+    # -- training progress
+    def start_bar(self) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self._t0 = time.time()
+        self._bar = tqdm(total=self.total_iters, initial=self.start_iter, dynamic_ncols=True,
+                         mininterval=1.0, desc="train", unit="it")
+
+    def iteration(self, global_iter: int, epoch: int, epochs: int, losses: dict, lr: float,
+                  images_per_s: float) -> None:
+        """After optimizer step ``global_iter`` (1-based count): bar every step, log line + TB every
+        ``log_every`` steps (loss values averaged over the window)."""
+        if not self.enabled:
+            return
+        for k, v in losses.items():
+            self._window.setdefault(k, []).append(v)
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"},
+                                  refresh=False)
+            self._bar.update(1)
+        if global_iter % self.log_every and global_iter != self.total_iters:
+            return
+        means = {k: float(np.mean(v)) for k, v in self._window.items()}
+        self._window = {}
+        for k, v in means.items():
+            self._tb.add_scalar(f"train/{k}", v, global_iter)
+        self._tb.add_scalar("train/lr", lr, global_iter)
+        self._tb.add_scalar("train/images_per_s", images_per_s, global_iter)
+        done = global_iter - self.start_iter
+        elapsed = time.time() - self._t0
+        eta = elapsed / done * (self.total_iters - global_iter) if done > 0 else float("nan")
+        terms = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+        self.info(f"epoch {epoch + 1}/{epochs} it {global_iter}/{self.total_iters} lr {lr:.3e} {terms} "
+                  f"{images_per_s:.1f} img/s eta {_fmt_duration(eta)}")
+
+    def images(self, global_iter: int, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+               palette: np.ndarray) -> None:
+        """TB image per sample: input | ground truth | prediction, side by side.
+
+        ``images`` (B,3,H,W) normalised, ``labels`` / ``preds`` (B,H,W) class indices (255 = ignore).
+        """
+        if not self.enabled:
+            return
+        from .evaluator import colorize
+
+        rgb = denormalize(images)
+        for i in range(rgb.shape[0]):
+            row = np.concatenate([rgb[i], colorize(labels[i].cpu().numpy(), palette),
+                                  colorize(preds[i].cpu().numpy(), palette)], axis=1)
+            self._tb.add_image(f"train/prediction_{i}", row, global_iter, dataformats="HWC")
+
+    def evaluation(self, result: dict, step: int, prefix: str = "val") -> None:
+        """mIoU, pixel accuracy and per-class IoU (tagged with class names) to TB, the table to log.txt."""
+        if not self.enabled:
+            return
+        from .evaluator import format_results
+
+        self._tb.add_scalar(f"{prefix}/miou", result["miou"], step)
+        self._tb.add_scalar(f"{prefix}/pixel_acc", result["pixel_acc"], step)
+        for name, iou in zip(result["class_names"], result["iou"]):
+            if math.isfinite(iou):
+                self._tb.add_scalar(f"{prefix}/iou/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}", iou, step)
+        self._tb.flush()
+        self.info(format_results(result))
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self.close_bar()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
