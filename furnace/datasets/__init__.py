@@ -1,0 +1,36 @@
+"""Datasets of MGD-SSSS: split lists and layouts, the dataset class, augmentation, CutMix masks and
+the training loader. Tools run as ``python -m furnace.datasets.<tool>``: ``prepare_voc``,
+``prepare_cityscapes``, ``make_splits``, ``make_synthetic``, ``check``."""
+
+from .cutmix import box_mask
+from .dataset import SegDataset, read_image, read_label
+from .layouts import DatasetLayout, dataset_dir, get_layout, read_list, split_paths
+from .loader import TrainLoader, build_val_dataset
+from .transforms import normalize, train_transform
+
+__all__ = [
+    "DatasetLayout",
+    "SegDataset",
+    "TrainLoader",
+    "box_mask",
+    "build_val_dataset",
+    "check_dataset",
+    "dataset_dir",
+    "get_layout",
+    "normalize",
+    "read_image",
+    "read_label",
+    "read_list",
+    "split_paths",
+    "train_transform",
+]
+
+
+def __getattr__(name):
+    # Imported lazily so that `python -m furnace.datasets.check` does not find its own module
+    # already imported by the package.
+    if name == "check_dataset":
+        from .check import check_dataset
+
+        return check_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,51 @@
+"""Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing,
+and the tools' common error handling."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..utils import UserError
+
+
+def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: bool = True) -> list:
+    """``[fn(job) for job in jobs]`` in order, over ``workers`` processes when > 0 (and worth it),
+    with a tqdm bar when ``progress``. ``fn`` must be a module-level function."""
+    from tqdm import tqdm
+
+    def bar(it):
+        return tqdm(it, total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
+
+    if workers > 0 and len(jobs) > 32:
+        with multiprocessing.Pool(workers) as pool:
+            return list(bar(pool.imap(fn, jobs, chunksize=8)))
+    return list(bar(map(fn, jobs)))
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an (H, W) uint8 array as a single-channel PNG (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:
+        raise UserError(f"{path}: cannot encode PNG")
+    path.write_bytes(data.tobytes())
+
+
+def run_cli(main_body) -> int:
+    """Run a tool's body; a UserError is printed as one ``error:`` line and gives exit status 2."""
+    try:
+        return main_body() or 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

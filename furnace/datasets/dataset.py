@@ -1,0 +1,155 @@
+"""One dataset class for every layout: a split list resolved into (image, label) files, read with cv2.
+
+Images are returned as H×W×3 uint8 RGB; labels as H×W uint8 index maps (255 = ignore). Every problem a
+user's files can have (missing, unreadable, truncated, palette or RGB label, size mismatch, label value
+outside the classes) raises :class:`~furnace.utils.UserError` naming the file when the sample is read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..utils import UserError
+from .layouts import DatasetLayout, read_list
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+
+
+def _read_bytes(path: Path, what: str) -> np.ndarray:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: {what} file cannot be read ({err.strerror or err})") from None
+    if data.size == 0:
+        raise UserError(f"{path}: {what} file is empty")
+    return data
+
+
+def _decode(data: np.ndarray, flags: int):
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error:  # some corrupt headers raise instead of returning None
+        return None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB; UserError naming ``path`` when it is missing,
+    truncated or not an image. EXIF orientation is ignored so pixels stay aligned with the label."""
+    path = Path(path)
+    data = _read_bytes(path, "image")
+    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so
+    # require the end-of-image marker (it only occurs as a marker, never inside the coded data).
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+        raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
+    image = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise UserError(f"{path}: image cannot be decoded (truncated or not an image file); re-copy or re-download it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
+
+    Values must lie in ``[0, num_classes) ∪ {ignore_index}``. A palette PNG (whose colours cv2 would
+    expand), an RGB/RGBA colour label, a 16-bit or non-PNG file raise UserError naming ``path``.
+    """
+    path = Path(path)
+    data = _read_bytes(path, "label")
+    raw = data[:32].tobytes()
+    if raw[:8] != _PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
+    bit_depth, color_type = raw[24], raw[25]
+    if color_type == 3:
+        raise UserError(
+            f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
+            f"indices must be stored as a single-channel index PNG. Convert the dataset with "
+            f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)"
+        )
+    if color_type != 0:
+        kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
+        raise UserError(
+            f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
+            f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore"
+        )
+    if bit_depth != 8:
+        raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
+    label = _decode(data, cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2:
+        raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
+    counts = np.bincount(label.ravel(), minlength=256)
+    counts[:num_classes] = 0
+    counts[ignore_index] = 0
+    if counts.any():
+        bad = np.flatnonzero(counts)
+        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise UserError(
+            f"{path}: label values {{{shown}}} are outside the {num_classes} classes (0..{num_classes - 1}) "
+            f"and ignore {ignore_index}; is this the right dataset, and are labels trainIds/index values?"
+        )
+    return label
+
+
+def read_pair(image_path, label_path, num_classes: int, ignore_index: int = 255):
+    """``(image, label)`` of one sample with all checks of :func:`read_image` / :func:`read_label`
+    plus equal sizes (UserError naming both files otherwise)."""
+    image = read_image(image_path)
+    label = read_label(label_path, num_classes, ignore_index)
+    if image.shape[:2] != label.shape:
+        raise UserError(
+            f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
+            f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size"
+        )
+    return image, label
+
+
+def infer_split(list_path: str | os.PathLike) -> str:
+    """``"val"`` for a list whose file name starts with ``val``, else ``"train"`` (id lists resolve
+    into ``train_aug/`` or ``val/`` accordingly)."""
+    return "val" if Path(list_path).name.lower().startswith("val") else "train"
+
+
+class SegDataset(Dataset):
+    """Samples of one split list.
+
+    ``SegDataset(layout, root, list_path, with_label=True, *, split=None)``: ``root`` is the dataset
+    directory (``data_root / layout.dir_name``); ``split`` (train | val) picks where ids resolve for
+    id lists, inferred from the list's file name when None (see :func:`infer_split`).
+
+    ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label": (H, W) uint8 (only with_label), "name": str}``.
+    The list is read (strictly) on construction; files are read on access.
+    """
+
+    def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
+        self.layout = layout
+        self.root = Path(root)
+        self.list_path = Path(list_path)
+        self.with_label = with_label
+        self.split = split or infer_split(list_path)
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, not {self.split!r}")
+        self.entries = read_list(self.list_path, layout.list_format)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def files(self, index: int) -> tuple[Path, Path, str]:
+        """``(image_path, label_path, name)`` of sample ``index``."""
+        return self.layout.resolve(self.entries[index], self.root, self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, label_path, name = self.files(index)
+        if not self.with_label:
+            return {"image": read_image(image_path), "name": name}
+        image, label = read_pair(image_path, label_path, self.layout.num_classes, self.layout.ignore_index)
+        return {"image": image, "label": label, "name": name}
+
+    def __repr__(self) -> str:
+        return f"SegDataset({self.layout.name}, {self.list_path}, {len(self)} samples, split={self.split})"

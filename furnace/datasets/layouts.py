@@ -1,0 +1,358 @@
+"""Per-dataset layout descriptions: where files live, how split lists are written, classes, palettes.
+
+Two list formats exist (SPEC §2):
+
+* ``ids`` (VOC, synthetic): one bare id per line. An id resolves to
+  ``<split_dir>/image/<id>.jpg`` and ``<split_dir>/label/<id>.png`` where ``split_dir`` is
+  ``train_aug`` for every training list and ``val`` for the validation list.
+* ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png`` per line; both
+  paths start with ``/`` and are relative to the dataset directory (``DATA/city``).
+
+Reading a list is strict: a line in the other format, a malformed line or an empty file raises
+:class:`~furnace.utils.UserError` naming the list file and the line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..utils import UserError
+
+IGNORE_INDEX = 255
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC bit-interleaved colormap: (n, 3) uint8 RGB; row i is the colour of index i.
+
+    Bits 0, 1, 2 of the index go to the most significant free bit of R, G, B, then the next three
+    bits to the next lower bit, and so on.
+    """
+    cmap = np.zeros((n, 3), np.uint8)
+    for index in range(n):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        cmap[index] = (r, g, b)
+    return cmap
+
+
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+# The 19 Cityscapes evaluation classes in trainId order: (official labelId, name, official colour).
+_CITY_TABLE = (
+    (7, "road", (128, 64, 128)),
+    (8, "sidewalk", (244, 35, 232)),
+    (11, "building", (70, 70, 70)),
+    (12, "wall", (102, 102, 156)),
+    (13, "fence", (190, 153, 153)),
+    (17, "pole", (153, 153, 153)),
+    (19, "traffic light", (250, 170, 30)),
+    (20, "traffic sign", (220, 220, 0)),
+    (21, "vegetation", (107, 142, 35)),
+    (22, "terrain", (152, 251, 152)),
+    (23, "sky", (70, 130, 180)),
+    (24, "person", (220, 20, 60)),
+    (25, "rider", (255, 0, 0)),
+    (26, "car", (0, 0, 142)),
+    (27, "truck", (0, 0, 70)),
+    (28, "bus", (0, 60, 100)),
+    (31, "train", (0, 80, 100)),
+    (32, "motorcycle", (0, 0, 230)),
+    (33, "bicycle", (119, 11, 32)),
+)
+CITY_CLASSES = tuple(name for _, name, _ in _CITY_TABLE)
+CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
+# Official labelId -> trainId; every other id (unlabeled, ego vehicle, ..., license plate) is void (255).
+CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in enumerate(_CITY_TABLE)}
+
+# Background, then {circle, square, triangle} x {striped, dotted}: (name, colour).
+_SYNTHETIC_TABLE = (
+    ("background", (0, 0, 0)),
+    ("circle_striped", (230, 25, 75)),
+    ("circle_dotted", (245, 130, 48)),
+    ("square_striped", (60, 180, 75)),
+    ("square_dotted", (0, 130, 200)),
+    ("triangle_striped", (145, 30, 180)),
+    ("triangle_dotted", (240, 50, 230)),
+)
+SYNTHETIC_CLASSES = tuple(name for name, _ in _SYNTHETIC_TABLE)
+SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetLayout:
+    """How one dataset is stored under ``data_root / dir_name``.
+
+    ``list_format`` is ``"ids"`` or ``"pairs"`` (see the module docstring); ``split_dirs`` maps
+    ``"train"``/``"val"`` to the folder ids resolve into (``ids`` format only). List locations are
+    relative to the dataset directory; ``subset_pattern`` takes ``kind`` (labeled | unlabeled) and
+    ``ratio``.
+    """
+
+    name: str
+    dir_name: str
+    class_names: tuple
+    palette: np.ndarray = field(repr=False)
+    list_format: str
+    train_list: str
+    val_list: str
+    subset_pattern: str
+    split_dirs: dict = field(default_factory=dict)
+    image_ext: str = ".jpg"
+    label_ext: str = ".png"
+    ignore_index: int = IGNORE_INDEX
+    ignore_color: tuple = (255, 255, 255)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def subset_dir(self) -> str:
+        return os.path.dirname(self.subset_pattern)
+
+    def subset_list(self, kind: str, ratio: int) -> str:
+        """Relative path of the ``kind`` (labeled | unlabeled) list of the 1/``ratio`` partition."""
+        if kind not in ("labeled", "unlabeled"):
+            raise ValueError(f"kind must be labeled or unlabeled, not {kind!r}")
+        return self.subset_pattern.format(kind=kind, ratio=int(ratio))
+
+    def resolve(self, entry: str, root: str | os.PathLike, split: str = "train") -> tuple[Path, Path, str]:
+        """Files of one list entry: ``(image_path, label_path, name)``.
+
+        ``entry`` is a line as returned by :func:`read_list` (an id, or ``"img<TAB>label"``);
+        ``split`` (train | val) picks the folder for id lists and is ignored for pair lists.
+        """
+        root = Path(root)
+        if self.list_format == "ids":
+            folder = root / self.split_dirs[split]
+            return folder / "image" / f"{entry}{self.image_ext}", folder / "label" / f"{entry}{self.label_ext}", entry
+        image, label = entry.split("\t")
+        name = Path(image).stem
+        return root / image.lstrip("/"), root / label.lstrip("/"), name
+
+    def colorize(self, label: np.ndarray) -> np.ndarray:
+        """Colour image (H, W, 3) uint8 RGB of an index map (H, W); ignore and unknown values get
+        ``ignore_color``."""
+        lut = np.empty((256, 3), np.uint8)
+        lut[:] = self.ignore_color
+        lut[: self.num_classes] = self.palette[: self.num_classes]
+        return lut[np.asarray(label, dtype=np.uint8)]
+
+
+_VOC_LIKE = dict(
+    list_format="ids",
+    train_list="train_aug.txt",
+    val_list="val.txt",
+    subset_pattern="subset_train_aug/train_aug_{kind}_1-{ratio}.txt",
+    split_dirs={"train": "train_aug", "val": "val"},
+    image_ext=".jpg",
+    label_ext=".png",
+)
+
+LAYOUTS = {
+    "voc": DatasetLayout(
+        name="voc",
+        dir_name="pascal_voc",
+        class_names=VOC_CLASSES,
+        palette=voc_colormap(21),
+        ignore_color=tuple(int(c) for c in voc_colormap(256)[255]),
+        **_VOC_LIKE,
+    ),
+    "city": DatasetLayout(
+        name="city",
+        dir_name="city",
+        class_names=CITY_CLASSES,
+        palette=np.array(CITY_COLORS, np.uint8),
+        list_format="pairs",
+        train_list="config_new/train.txt",
+        val_list="config_new/val.txt",
+        subset_pattern="config_new/subset_train/train_aug_{kind}_1-{ratio}.txt",
+        image_ext=".png",
+        label_ext=".png",
+        ignore_color=(0, 0, 0),
+    ),
+    "synthetic": DatasetLayout(
+        name="synthetic",
+        dir_name="synthetic",
+        class_names=SYNTHETIC_CLASSES,
+        palette=np.array(SYNTHETIC_COLORS, np.uint8),
+        **_VOC_LIKE,
+    ),
+}
+
+
+def get_layout(name: str) -> DatasetLayout:
+    """The layout of dataset ``name`` (voc | city | synthetic); UserError for any other name."""
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise UserError(f"dataset {name!r} is unknown; choose one of {', '.join(LAYOUTS)}") from None
+
+
+def dataset_dir(cfg) -> Path:
+    """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into."""
+    return Path(cfg.data_root) / get_layout(cfg.dataset).dir_name
+
+
+def split_paths(cfg) -> tuple[Path, Path, Path]:
+    """``(labeled_list, unlabeled_list, val_list)`` for ``cfg.dataset`` and ``cfg.labeled_ratio``.
+
+    Uses the dataset's standard list locations under ``cfg.data_root``; a non-empty
+    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` replaces the corresponding one (a relative
+    path is taken relative to the dataset directory, e.g. ``DATA/pascal_voc``). ``labeled_ratio`` 1
+    means fully labeled: both training lists are the whole training list.
+    """
+    layout = get_layout(cfg.dataset)
+    root = dataset_dir(cfg)
+    ratio = int(cfg.labeled_ratio)
+    if ratio == 1:
+        labeled = unlabeled = layout.train_list
+    else:
+        labeled, unlabeled = layout.subset_list("labeled", ratio), layout.subset_list("unlabeled", ratio)
+
+    def pick(override, default):
+        return root / (override or default)  # an absolute override replaces root
+
+    return (
+        pick(cfg.get("labeled_list", ""), labeled),
+        pick(cfg.get("unlabeled_list", ""), unlabeled),
+        pick(cfg.get("val_list", ""), layout.val_list),
+    )
+
+
+def partition_ratios(layout: DatasetLayout, root) -> list[int]:
+    """The N of every 1/N labeled partition list present under ``root`` (descending)."""
+    folder = Path(root) / layout.subset_dir
+    before, after = os.path.basename(layout.subset_pattern).replace("{kind}", "labeled").split("{ratio}")
+    pattern = re.compile(re.escape(before) + r"(\d+)" + re.escape(after))
+    found = [pattern.fullmatch(p.name) for p in folder.glob("*")] if folder.is_dir() else []
+    return sorted((int(m.group(1)) for m in found if m), reverse=True)
+
+
+def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
+    """:func:`split_paths` of ``cfg``, after checking that the list files exist (the val list only
+    ``with_val``).
+
+    Raises UserError naming the first missing list and what to do: a list set in the config names
+    its key; a missing standard partition of ``labeled_ratio`` gets the ``make_splits`` command that
+    writes it; when the training list is missing too, ``data_root`` is the likely culprit.
+    """
+    layout = get_layout(cfg.dataset)
+    root = dataset_dir(cfg)
+    paths = split_paths(cfg)
+    for key, path in zip(("labeled_list", "unlabeled_list", "val_list")[: 3 if with_val else 2], paths):
+        if path.is_file():
+            continue
+        if cfg.get(key, ""):
+            raise UserError(f"{path}: split list not found (config {key}={cfg[key]!r}; relative paths start at {root})")
+        train_list = root / layout.train_list
+        if not train_list.is_file():
+            raise UserError(
+                f"{path}: split list not found, nor the training list {train_list}; set data_root to the folder "
+                f"holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md"
+            )
+        ratio = int(cfg.labeled_ratio)
+        if key == "val_list" or ratio == 1:
+            raise UserError(f"{path}: split list not found; restore it from the dataset's list files")
+        present = partition_ratios(layout, root)
+        have = "no partition lists exist"
+        if present:
+            have = f"the partitions present are {', '.join(f'1/{r}' for r in present)}"
+        raise UserError(
+            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with `python -m "
+            f"furnace.datasets.make_splits --list {train_list} --out {root / layout.subset_dir} --ratios {ratio}`"
+            + (f" or set labeled_ratio to {' / '.join(map(str, present))}" if present else "")
+        )
+    return paths
+
+
+def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
+    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``), in file order.
+
+    Blank lines are skipped and line ends (``\\n``, ``\\r\\n``) stripped; everything else must match
+    the format exactly. Raises UserError naming the file (and line) when the file is missing or
+    empty or a line is malformed; pair entries are returned as ``"img<TAB>label"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: split list cannot be read as UTF-8 text ({err})") from err
+    entries = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        problem = _line_problem(line, list_format)
+        if problem:
+            raise UserError(f"{path}:{lineno}: {problem}: {line[:120]!r}")
+        entries.append(line)
+    if not entries:
+        raise UserError(f"{path}: split list is empty; it must hold one entry per line")
+    return entries
+
+
+def _line_problem(line: str, list_format: str) -> str:
+    if list_format == "ids":
+        if "\t" in line or " " in line:
+            return (
+                "expected one bare id per line (VOC format), found several fields; is this a "
+                "Cityscapes-style list given for a VOC-style dataset?"
+            )
+        if "/" in line or "\\" in line or line.startswith("."):
+            return "expected a bare id (no folder, no extension), e.g. 2007_000032"
+        return ""
+    if list_format == "pairs":
+        fields = line.split("\t")
+        if len(fields) != 2:
+            hint = " (a bare id: is this a VOC-style list?)" if len(fields) == 1 and " " not in line else ""
+            return f"expected two TAB-separated paths 'image<TAB>label' (Cityscapes format){hint}"
+        if not all(f.startswith("/") and len(f) > 1 and f == f.strip() for f in fields):
+            return "both paths must start with '/' (relative to the dataset folder) and have no spaces around them"
+        return ""
+    raise ValueError(f"unknown list format {list_format!r}")
+
+
+def detect_list_format(path: str | os.PathLike) -> str:
+    """``"pairs"`` when the first non-blank line of the list holds a TAB, else ``"ids"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: split list not found")
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip():
+            return "pairs" if "\t" in line else "ids"
+    raise UserError(f"{path}: split list is empty; it must hold one entry per line")

@@ -1,0 +1,261 @@
+"""Training batches: labeled + two unlabeled streams + CutMix masks, sharded over processes.
+
+Everything a batch holds is a deterministic function of ``(cfg.seed, epoch, global sample position)``:
+
+* Epoch = ``max(n_labeled, n_unlabeled) // global_batch`` iterations. Each stream (labeled, unlabeled
+  0, unlabeled 1) gets its own order per epoch of length ``max(n_labeled, n_unlabeled)``: every index
+  of its set repeated ``length // n`` times plus a random tail of ``length % n`` distinct indices,
+  shuffled. The larger set is thus a plain permutation, the smaller one oversampled; the two
+  unlabeled streams are independent shuffles re-drawn every epoch.
+* The augmentation of the sample at global position ``p`` of stream ``s`` and its CutMix mask use a
+  Generator seeded by ``SeedSequence([seed, tag, s, epoch, p])``.
+* Iteration ``i`` covers global positions ``i*G .. (i+1)*G - 1`` (G = global_batch); process ``r`` of
+  ``W`` takes the contiguous share ``i*G + r*G/W .. i*G + (r+1)*G/W - 1``, split into micro-batches of
+  ``cfg.micro_batch``.
+
+So the data never depends on ``num_workers`` or on where a run resumes (``start_iter`` skips
+iterations without reading them).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from ..utils import UserError
+from .cutmix import box_mask_from_cfg
+from .dataset import SegDataset
+from .layouts import dataset_dir, get_layout, read_list, require_split_lists, split_paths
+from .transforms import train_transform
+
+_FORK = "fork" if sys.platform.startswith("linux") else None
+STREAM_LABELED, STREAM_U0, STREAM_U1, STREAM_MASK = 0, 1, 2, 3
+_TAG_ORDER, _TAG_SAMPLE = 0x0D3E, 0x5A17  # keep order and per-sample seeds apart
+
+
+def _entropy(seed) -> int:
+    return int(seed) % (1 << 64)
+
+
+def stream_order(n_items: int, length: int, seed: int, epoch: int, stream: int) -> np.ndarray:
+    """Indices (length,) int64 into a set of ``n_items`` for one stream and epoch.
+
+    Each index appears ``length // n_items`` times, plus ``length % n_items`` distinct random ones,
+    all shuffled. Deterministic in (seed, epoch, stream).
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([_entropy(seed), _TAG_ORDER, stream, epoch])))
+    repeats, tail = divmod(length, n_items)
+    parts = [np.tile(np.arange(n_items, dtype=np.int64), repeats), rng.choice(n_items, tail, replace=False)]
+    return rng.permutation(np.concatenate(parts).astype(np.int64))
+
+
+def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.Generator:
+    """The Generator for the sample at global ``position`` of ``stream`` in ``epoch``."""
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([_entropy(seed), _TAG_SAMPLE, stream, epoch, position]))
+    )
+
+
+def _empty(shape, dtype) -> torch.Tensor:
+    """A tensor to return from a loader worker: allocated in shared memory right away there, which
+    saves the copy the DataLoader would otherwise make to send it to the main process."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if get_worker_info() is not None else out
+
+
+def _to_chw(images: list[np.ndarray]) -> torch.Tensor:
+    """(h, w, 3) arrays -> (B, 3, h, w) float32 tensor with a single copy."""
+    out = _empty((len(images), 3, *images[0].shape[:2]), torch.float32)
+    view = out.numpy()
+    for i, image in enumerate(images):
+        view[i] = image.transpose(2, 0, 1)
+    return out
+
+
+class _EpochBatches(Dataset):
+    """Micro-batch ``k`` of one process's epoch (map-style, so workers can take any ``k``)."""
+
+    def __init__(self, loader: "TrainLoader", epoch: int, orders: dict):
+        self.cfg = loader.cfg
+        self.epoch = epoch
+        self.orders = orders
+        self.labeled, self.unlabeled = loader.labeled, loader.unlabeled
+        self.need_unlabeled = loader.need_unlabeled
+        self.positions = loader.positions
+        self.length = loader.iters_per_epoch * loader.accum
+        self.crop = int(self.cfg.crop_size)
+        self.scales = list(self.cfg.train_scales)
+        self.ignore = loader.layout.ignore_index
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _augment(self, dataset, stream: int, position: int, with_label: bool):
+        sample = dataset[int(self.orders[stream][position])]
+        rng = sample_rng(self.cfg.seed, self.epoch, position, stream)
+        return train_transform(
+            sample["image"],
+            sample.get("label") if with_label else None,
+            rng,
+            crop_size=self.crop,
+            scales=self.scales,
+            ignore_index=self.ignore,
+        )
+
+    def __getitem__(self, k: int) -> dict:
+        try:
+            return self._build(k)
+        except UserError as err:
+            # Returned, not raised: a worker's exception would reach the main process wrapped in a
+            # traceback dump; TrainLoader re-raises this message unchanged.
+            return {"__error__": str(err)}
+
+    def _build(self, k: int) -> dict:
+        images, labels = [], []
+        u0, u1, masks = [], [], []
+        for p in self.positions(k):
+            image, label = self._augment(self.labeled, STREAM_LABELED, p, True)
+            images.append(image)
+            labels.append(label)
+            if self.need_unlabeled:
+                u0.append(self._augment(self.unlabeled, STREAM_U0, p, False)[0])
+                u1.append(self._augment(self.unlabeled, STREAM_U1, p, False)[0])
+                mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
+                masks.append(box_mask_from_cfg((self.crop, self.crop), mask_rng, self.cfg))
+        label_l = _empty((len(labels), *labels[0].shape), torch.int64)
+        np.copyto(label_l.numpy(), np.stack(labels), casting="safe")
+        batch = {"image_l": _to_chw(images), "label_l": label_l}
+        if self.need_unlabeled:
+            batch["image_u0"] = _to_chw(u0)
+            batch["image_u1"] = _to_chw(u1)
+            mask_mix = _empty((len(masks), 1, *masks[0].shape), torch.float32)
+            np.copyto(mask_mix.numpy()[:, 0], np.stack(masks))
+            batch["mask_mix"] = mask_mix
+        return batch
+
+
+class _EpochIterator:
+    """Iterable over one epoch's micro-batches with ``len()``; re-raises worker UserErrors intact."""
+
+    def __init__(self, data_loader: DataLoader, length: int):
+        self._data_loader = data_loader
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        for batch in self._data_loader:
+            if "__error__" in batch:
+                raise UserError(batch["__error__"])
+            yield batch
+
+
+class TrainLoader:
+    """Training micro-batches of one process (see the module docstring for the sampling rules).
+
+    ``TrainLoader(cfg, *, rank=0, world_size=1, need_unlabeled=True)`` reads the split lists of
+    ``cfg`` (:func:`split_paths`) and exposes ``iters_per_epoch``, ``accum`` (micro-batches per
+    iteration on this process) and ``micro_batch``. ``epoch(e, start_iter=0)`` yields
+    ``(iters_per_epoch - start_iter) * accum`` dicts of CPU tensors:
+
+    * ``image_l`` (B, 3, c, c) float32 normalised, ``label_l`` (B, c, c) int64 (255 = ignore);
+    * with ``need_unlabeled``: ``image_u0``, ``image_u1`` (B, 3, c, c) float32 and ``mask_mix``
+      (B, 1, c, c) float32 in {0, 1} (1 = pixel from u1),
+
+    with B = ``micro_batch`` and c = ``cfg.crop_size``.
+    """
+
+    def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, need_unlabeled: bool = True):
+        self.cfg = cfg
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.need_unlabeled = need_unlabeled
+        self.layout = get_layout(cfg.dataset)
+        self.global_batch = int(cfg.global_batch)
+        if self.global_batch % self.world_size:
+            raise UserError(
+                f"config: global_batch={self.global_batch} cannot be split over {self.world_size} processes"
+            )
+        per_process = self.global_batch // self.world_size
+        self.micro_batch = int(cfg.get("micro_batch", 0) or per_process)
+        if per_process % self.micro_batch:
+            raise UserError(
+                f"config: micro_batch={self.micro_batch} does not divide the per-process batch {per_process}"
+            )
+        self.accum = per_process // self.micro_batch
+
+        root = dataset_dir(cfg)
+        labeled_list, unlabeled_list, _ = require_split_lists(cfg, with_val=False)
+        self.labeled = SegDataset(self.layout, root, labeled_list, with_label=True, split="train")
+        if need_unlabeled:
+            self.unlabeled = SegDataset(self.layout, root, unlabeled_list, with_label=False, split="train")
+            n_unlabeled = len(self.unlabeled)
+        else:
+            # The epoch length still follows the unlabeled list, so a supervised baseline runs the
+            # same number of iterations as the semi-supervised recipe it is compared with.
+            self.unlabeled = None
+            n_unlabeled = len(read_list(unlabeled_list, self.layout.list_format))
+        self.n_labeled, self.n_unlabeled = len(self.labeled), n_unlabeled
+        self.samples_per_epoch = max(self.n_labeled, self.n_unlabeled)
+        self.iters_per_epoch = self.samples_per_epoch // self.global_batch
+        if self.iters_per_epoch < 1:
+            raise UserError(
+                f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make no full "
+                f"global batch of {self.global_batch}; lower global_batch or use more data"
+            )
+
+    def __len__(self) -> int:
+        """Micro-batches per full epoch on this process."""
+        return self.iters_per_epoch * self.accum
+
+    def positions(self, k: int) -> range:
+        """Global sample positions of this process's micro-batch ``k`` (counted from the epoch start):
+        micro-batch ``j`` of iteration ``i`` on rank ``r`` holds
+        ``i*G + r*G/W + j*B .. + B - 1``."""
+        iteration, j = divmod(k, self.accum)
+        start = (
+            iteration * self.global_batch + self.rank * (self.global_batch // self.world_size) + j * self.micro_batch
+        )
+        return range(start, start + self.micro_batch)
+
+    def orders(self, epoch: int) -> dict:
+        """``{stream: indices}`` for the epoch: positions ``0 .. iters_per_epoch*G - 1`` index into
+        the labeled set (stream 0) and the unlabeled set (streams 1, 2)."""
+        used = self.iters_per_epoch * self.global_batch
+        seed = self.cfg.seed
+        orders = {
+            STREAM_LABELED: stream_order(self.n_labeled, self.samples_per_epoch, seed, epoch, STREAM_LABELED)[:used]
+        }
+        if self.need_unlabeled:
+            for stream in (STREAM_U0, STREAM_U1):
+                orders[stream] = stream_order(self.n_unlabeled, self.samples_per_epoch, seed, epoch, stream)[:used]
+        return orders
+
+    def epoch(self, epoch: int, start_iter: int = 0) -> _EpochIterator:
+        """Micro-batches of ``epoch`` from iteration ``start_iter`` on (earlier ones are not read)."""
+        if not 0 <= start_iter <= self.iters_per_epoch:
+            raise ValueError(f"start_iter={start_iter} outside [0, {self.iters_per_epoch}]")
+        batches = _EpochBatches(self, int(epoch), self.orders(int(epoch)))
+        num_workers = int(self.cfg.num_workers)
+        data_loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(start_iter * self.accum, len(batches)),
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            # Fork on Linux, whatever Python's default: other start methods re-import the launching
+            # script (train.py) in every worker. (And no cv2.setNumThreads() in the workers: in a
+            # forked child it waits forever on the parent's OpenCV thread-pool state.)
+            multiprocessing_context=_FORK if num_workers > 0 else None,
+        )
+        return _EpochIterator(data_loader, len(batches) - start_iter * self.accum)
+
+
+def build_val_dataset(cfg) -> SegDataset:
+    """The validation :class:`SegDataset` of ``cfg`` with labels (raw images: the evaluator
+    normalises with :func:`furnace.datasets.transforms.normalize`)."""
+    layout = get_layout(cfg.dataset)
+    return SegDataset(layout, dataset_dir(cfg), split_paths(cfg)[2], with_label=True, split="val")

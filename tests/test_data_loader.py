@@ -1,0 +1,179 @@
+"""TrainLoader: epoch length, oversampling, independent unlabeled streams, sharding, determinism
+(num_workers, resume), worker errors; build_val_dataset and check_dataset."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from furnace.config import resolve_config, synthetic_config
+from furnace.datasets import SegDataset, TrainLoader, build_val_dataset, check_dataset
+from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, stream_order
+from furnace.datasets.make_synthetic import generate
+from furnace.utils import UserError
+
+N_TRAIN, CROP = 40, 32
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "synthetic", seed=1, num_train=N_TRAIN, num_val=4, size=CROP, ratios=(4,))
+    ids = (root / "synthetic/train_aug.txt").read_text().split()
+    (root / "synthetic/lab8.txt").write_text("\n".join(ids[:8]) + "\n")
+    (root / "synthetic/unl32.txt").write_text("\n".join(ids[8:]) + "\n")
+    return root
+
+
+def make_cfg(data_root, world_size=1, **overrides):
+    C = synthetic_config()
+    C.update(
+        data_root=str(data_root),
+        num_classes=7,
+        crop_size=CROP,
+        global_batch=4,
+        micro_batch=0,
+        num_workers=0,
+        labeled_list="lab8.txt",
+        unlabeled_list="unl32.txt",
+        seed=7,
+    )
+    C.update(overrides)
+    return resolve_config(C, world_size)
+
+
+def collect(iterable):
+    return [{k: v.clone() for k, v in b.items()} for b in iterable]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+def test_batch_contents(data_root):
+    loader = TrainLoader(make_cfg(data_root, micro_batch=2))
+    assert (loader.n_labeled, loader.n_unlabeled, loader.iters_per_epoch, loader.accum) == (8, 32, 8, 2)
+    batches = loader.epoch(0)
+    assert len(batches) == 16
+    batch = next(iter(batches))
+    assert set(batch) == {"image_l", "label_l", "image_u0", "image_u1", "mask_mix"}
+    assert batch["image_l"].shape == batch["image_u0"].shape == batch["image_u1"].shape == (2, 3, CROP, CROP)
+    assert batch["image_l"].dtype == torch.float32 and batch["label_l"].dtype == torch.int64
+    assert batch["label_l"].shape == (2, CROP, CROP) and batch["mask_mix"].shape == (2, 1, CROP, CROP)
+    assert set(batch["label_l"].unique().tolist()) <= set(range(7)) | {255}
+    assert set(batch["mask_mix"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["image_l"].abs().max() < 3.0  # normalised, not 0..255
+
+
+def test_epoch_length_and_oversampling(data_root):
+    loader = TrainLoader(make_cfg(data_root))
+    orders = loader.orders(0)
+    # 32 positions per epoch: every labeled index 4 times, every unlabeled index once per stream
+    assert np.bincount(orders[STREAM_LABELED], minlength=8).tolist() == [4] * 8
+    for stream in (STREAM_U0, STREAM_U1):
+        assert sorted(orders[stream].tolist()) == list(range(32))
+    assert not np.array_equal(orders[STREAM_U0], orders[STREAM_U1])  # independent shuffles
+    nxt = loader.orders(1)
+    assert not np.array_equal(orders[STREAM_U0], nxt[STREAM_U0])  # re-drawn every epoch
+    # repeat + random tail: 30 = 4 x 7 + 2 distinct extra indices
+    order = stream_order(7, 30, seed=0, epoch=0, stream=0)
+    counts = np.bincount(order, minlength=7)
+    assert sorted(counts.tolist()) == [4] * 5 + [5] * 2
+    tails = {tuple(np.flatnonzero(np.bincount(stream_order(7, 30, 0, e, 0), minlength=7) == 5)) for e in range(20)}
+    assert len(tails) > 3  # the tail is drawn per epoch
+    # the standard 1/4 split: 10 labeled, 30 unlabeled -> 30 // 4 = 7 iterations
+    assert TrainLoader(make_cfg(data_root, labeled_list="", unlabeled_list="", labeled_ratio=4)).iters_per_epoch == 7
+
+
+def test_unlabeled_streams_differ_in_the_batches(data_root):
+    loader = TrainLoader(make_cfg(data_root))
+    for batch in loader.epoch(0):
+        for i in range(4):
+            assert not torch.equal(batch["image_u0"][i], batch["image_u1"][i])
+
+
+def test_sharding_over_two_ranks_covers_each_global_batch_once(data_root):
+    single = collect(TrainLoader(make_cfg(data_root)).epoch(2))  # one process, micro-batch 4
+    ranks = [TrainLoader(make_cfg(data_root, world_size=2, micro_batch=1), rank=r, world_size=2) for r in (0, 1)]
+    assert ranks[0].accum == 2 and ranks[0].iters_per_epoch == 8
+    per_rank = [collect(loader.epoch(2)) for loader in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == 16
+    for it, full in enumerate(single):
+        parts = [per_rank[r][it * 2 + j] for r in (0, 1) for j in (0, 1)]  # rank-major, then micro-batch
+        for key in full:
+            assert torch.equal(torch.cat([p[key] for p in parts]), full[key]), (it, key)
+    for it in range(8):
+        positions = [p for r in (0, 1) for j in (0, 1) for p in ranks[r].positions(it * 2 + j)]
+        assert positions == list(range(it * 4, it * 4 + 4))
+
+
+def test_same_data_with_0_or_2_workers(data_root):
+    a = collect(TrainLoader(make_cfg(data_root, num_workers=0)).epoch(3))
+    b = collect(TrainLoader(make_cfg(data_root, num_workers=2)).epoch(3))
+    assert_same_batches(a, b)
+    masks = torch.cat([x["mask_mix"] for x in a])
+    assert len({m.numpy().tobytes() for m in masks}) == len(masks)  # every sample has its own mask
+    other_epoch = collect(TrainLoader(make_cfg(data_root)).epoch(4))
+    assert not torch.equal(masks, torch.cat([x["mask_mix"] for x in other_epoch]))
+
+
+def test_resume_skips_without_loading(data_root, monkeypatch):
+    cfg = make_cfg(data_root, micro_batch=2)
+    full = collect(TrainLoader(cfg).epoch(1))
+    calls = []
+    original = SegDataset.__getitem__
+    monkeypatch.setattr(SegDataset, "__getitem__", lambda self, i: calls.append(i) or original(self, i))
+    resumed = collect(TrainLoader(cfg).epoch(1, start_iter=5))
+    assert_same_batches(resumed, full[5 * 2 :])
+    assert len(calls) == (8 - 5) * 4 * 3  # 3 remaining iterations x 4 samples x (labeled, u0, u1)
+
+
+def test_labeled_only(data_root):
+    cfg = make_cfg(data_root)
+    semi, sup = TrainLoader(cfg), TrainLoader(cfg, need_unlabeled=False)
+    assert sup.iters_per_epoch == semi.iters_per_epoch == 8
+    a, b = collect(sup.epoch(0)), collect(semi.epoch(0))
+    assert set(a[0]) == {"image_l", "label_l"}
+    for x, y in zip(a, b):
+        assert torch.equal(x["image_l"], y["image_l"]) and torch.equal(x["label_l"], y["label_l"])
+
+
+def test_error_in_worker_reaches_caller_with_file_named(data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    first = (root / "synthetic/lab8.txt").read_text().split()[3]
+    bad = root / "synthetic/train_aug/image" / f"{first}.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(UserError) as err:
+        for _ in TrainLoader(make_cfg(root, num_workers=2)).epoch(0):
+            pass
+    message = str(err.value)
+    assert message.startswith(str(bad)) and "truncated" in message and "Traceback" not in message
+
+
+def test_too_little_data_is_a_user_error(data_root):
+    with pytest.raises(UserError, match="no full global batch"):
+        TrainLoader(make_cfg(data_root, global_batch=64))
+
+
+def test_val_dataset_and_check_dataset(data_root, tmp_path):
+    cfg = make_cfg(data_root)
+    val = build_val_dataset(cfg)
+    assert len(val) == 4 and val.split == "val" and val[0]["label"].shape == (CROP, CROP)
+    report = check_dataset(cfg)
+    assert report.ok and report.samples_read > 0
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    ids = (root / "synthetic/lab8.txt").read_text().split()
+    (root / "synthetic/train_aug/label" / f"{ids[2]}.png").unlink()
+    (root / "synthetic/val/image/val_00001.jpg").unlink()
+    with pytest.raises(UserError) as err:
+        check_dataset(make_cfg(root))
+    assert f"{ids[2]}.png: label file not found" in str(err.value) and "val_00001.jpg" in str(err.value)
+    with pytest.raises(UserError, match="num_classes=21"):
+        check_dataset(make_cfg(data_root, num_classes=21))
