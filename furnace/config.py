@@ -230,8 +230,19 @@ _CHOICES = {
 _POSITIVE = ("num_classes", "crop_size", "global_batch", "eval_crop", "eval_batch", "region_grid", "lr")
 
 
+def _unknown_key(key: str, known) -> UserError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see furnace/config.py for the keys"
+    return UserError(f"config: unknown key {key!r}{hint}")
+
+
 def validate_config(C) -> None:
-    """Raise UserError naming the first key whose value cannot work."""
+    """Raise UserError naming the first key whose value cannot work, or a key no recipe has (a typo
+    in an experiment's config.py would otherwise be silently ignored)."""
+    known = base_config().keys()
+    for key in C:
+        if key not in known:
+            raise _unknown_key(key, known)
     for key, choices in _CHOICES.items():
         if C[key] not in choices:
             raise UserError(f"config: {key}={C[key]!r} is not one of {', '.join(map(str, choices))}")
@@ -299,9 +310,7 @@ def apply_overrides(C: EasyDict, items: Iterable[str]) -> EasyDict:
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in C:
-            close = difflib.get_close_matches(key, list(C.keys()), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see config.py for the keys"
-            raise UserError(f"config: unknown key {key!r}{hint}")
+            raise _unknown_key(key, C.keys())
         C[key] = _parse_value(key, text, C[key])
     return C
 

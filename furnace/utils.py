@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,26 @@ class UserError(Exception):
     Entry points print ``str(err)`` as one line and exit with status 2, without a traceback.
     The message must name the offending file, key or value and say what to do.
     """
+
+
+class _KeepWriteError:
+    """A binary file that remembers the first OSError of ``write``: torch.save turns a failed write
+    of a file object into an opaque RuntimeError ("unexpected pos ..."), losing the cause (a full
+    disk, a vanished mount) that the user needs to hear."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -32,7 +53,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            out = _KeepWriteError(f)
+            try:
+                torch.save(obj, out)
+            except Exception as err:
+                if out.error is not None and out.error is not err:
+                    raise out.error from err
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,7 +83,12 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle errors come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colour codes
+        # torch's advice (load with weights_only=False) is exactly what must not be done with an
+        # untrusted file; keep only the reason, e.g. "Unsupported global: GLOBAL exec ..."
+        reason = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$|\n)", text)
+        first = reason.group(1) if reason else (text.strip().splitlines() or [type(err).__name__])[0]
+        first = re.split(r"(?<=\.)\s", first, maxsplit=1)[0].rstrip(".")  # its first sentence
         raise UserError(
             f"{path}: cannot be loaded safely ({type(err).__name__}: {first}). "
             "The file is truncated, not a PyTorch checkpoint, or holds objects other than tensors; "

@@ -169,6 +169,20 @@ def find_resume(cfg, resume: str) -> Path | None:
     return path
 
 
+def remove_stale_temporaries(cfg) -> list[Path]:
+    """Delete the partial files that saves killed mid-write (``kill -9``, power loss) left in
+    ``checkpoints/``: ``atomic_save`` writes ``.<name>.<random>.tmp`` and renames it only when
+    complete, so these are never a checkpoint. Returns the removed paths (call on rank 0)."""
+    removed = []
+    for path in checkpoint_dir(cfg).glob(".*.pth.*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 # ----------------------------------------------------------------------------- snapshots
 
 
@@ -178,8 +192,8 @@ def save_snapshot(network, path, extra: dict) -> None:
 
     try:
         save_segmentor(network, path, extra=extra)
-    except UserError:
-        raise
+    except UserError as err:
+        raise UserError(f"{err}, then continue with --resume auto") from err
     except Exception as err:
         raise UserError(
             f"{path}: writing the snapshot failed ({type(err).__name__}: {err}); free disk space or fix "

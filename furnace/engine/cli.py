@@ -183,8 +183,9 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
     with user_errors():
         args = p.parse_intermixed_args(argv)
         cfg = apply_overrides(copy.deepcopy(config), args.overrides)
-        rank, world, device = dist.setup(cfg.get("device", "auto"))
-        cfg = resolve_config(cfg, world)
+        # resolved for one process: evaluation shards the val list, it never splits global_batch
+        cfg = resolve_config(cfg)
+        rank, world, device = dist.setup(cfg.device)
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
         if val_dataset is None:
             from furnace.datasets import build_val_dataset

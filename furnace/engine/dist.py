@@ -26,6 +26,12 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment: {name}={value!r} is not an integer (set by torchrun)") from err
 
 
+def env_world_size() -> int:
+    """The process count ``torchrun`` announces (``WORLD_SIZE``, 1 without it), known before joining
+    the group: checks that every process fails alike (a config error) run before the rendezvous."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """The device this process computes on: ``cuda:<local_rank>`` when CUDA is wanted and present."""
     if preference not in ("auto", "cuda", "cpu"):
@@ -48,7 +54,7 @@ def setup(device: str = "auto") -> tuple[int, int, torch.device]:
     Returns ``(rank, world_size, device)``. NCCL when the device is CUDA, gloo on CPU. With
     ``WORLD_SIZE`` unset or 1 no group is created.
     """
-    world = _env_int("WORLD_SIZE", 1)
+    world = env_world_size()
     local_rank = _env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":

@@ -181,6 +181,24 @@ def _identity(sample):
     return sample
 
 
+class _Samples(torch.utils.data.Dataset):
+    """``dataset[i]`` for ``i`` in ``indices``, with a UserError (a bad val file) returned as
+    ``{"__error__": message}``: raised in a loader worker it would reach the main process wrapped in
+    a traceback dump instead of the one-line message that names the file."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[self.indices[i]]
+        except UserError as err:
+            return {"__error__": str(err)}
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[\\/:]+", "_", str(name)).strip("._") or "image"
 
@@ -294,7 +312,7 @@ class Evaluator:
         try:
             with preserved_cpu_rng():
                 loader = torch.utils.data.DataLoader(
-                    torch.utils.data.Subset(dataset, indices), batch_size=None, collate_fn=_identity,
+                    _Samples(dataset, indices), batch_size=None, collate_fn=_identity,
                     num_workers=min(self.num_workers, len(indices)),
                 )
                 if progress and dist.is_main():
@@ -302,6 +320,8 @@ class Evaluator:
 
                     loader = tqdm(loader, total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0)
                 for sample in loader:
+                    if "__error__" in sample:
+                        raise UserError(sample["__error__"])
                     pred = self.predict(network, sample["image"]).argmax(0)
                     gt = torch.from_numpy(np.asarray(sample["label"])).to(self.device)
                     if gt.shape != pred.shape:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import accumulation_steps, config_to_dict, resolve_config
+from ..config import accumulation_steps, config_to_dict, resolve_config, validate_config
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
@@ -140,13 +140,17 @@ def train(cfg, *, method=None, loader=None, val_dataset=None, resume: str = "") 
     latest, output_dir, signal)``; ``eval`` is the final evaluation (see :func:`evaluate`), None
     when interrupted.
     """
-    rank, world, device = dist.setup(cfg.get("device", "auto"))
-    cfg = resolve_config(cfg, world)
+    # Config and data errors first, before joining the process group: they stop every process alike,
+    # so none is left waiting in the rendezvous. The data check precedes resolution so that a
+    # labeled_ratio without split lists is reported as such rather than as a missing epoch count.
+    validate_config(cfg)
     if cfg.check_data:
         from furnace.datasets import check_dataset
 
         check_dataset(cfg)
+    cfg = resolve_config(cfg, dist.env_world_size())
     resume_path = ckpt.find_resume(cfg, resume)
+    rank, world, device = dist.setup(cfg.device)
     log = TrainLogger(cfg.output_dir, enabled=dist.is_main(), log_every=cfg.log_every)
     if resume == "auto" and resume_path is None:
         log.info(f"--resume auto: no {ckpt.latest_path(cfg)} yet, starting fresh")
@@ -161,6 +165,9 @@ def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, l
     if resume_path is None and ckpt.latest_path(cfg).is_file():
         log.info(f"warning: starting fresh; {ckpt.latest_path(cfg)} will be overwritten "
                  "(use --resume auto to continue that run instead)")
+    stale = dist.run_on_main(lambda: ckpt.remove_stale_temporaries(cfg))
+    if stale:
+        log.info(f"removed {len(stale)} partial file(s) an interrupted save left in {ckpt.checkpoint_dir(cfg)}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)  # identical initial weights on every process

@@ -253,7 +253,8 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
 def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None:
     """Write ``model`` (a DeepLabV3Plus from build_model; DDP/compile wrappers are unwrapped) as a
     segmentor file at ``path``, atomically. ``extra`` adds top-level keys (e.g. epoch, method); it may
-    not use the reserved ones (format, version, arch, num_classes, options, state_dict).
+    not use the reserved ones (format, version, arch, num_classes, options, state_dict). A failed
+    write (full disk, permissions) raises UserError naming ``path``; the previous file there is kept.
     """
     model = _unwrap(model)
     if not isinstance(model, DeepLabV3Plus) or model.arch not in ARCHS:
@@ -262,18 +263,20 @@ def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None
     clash = [k for k in extra if k in _RESERVED]
     if clash:
         raise ValueError(f"save_segmentor: extra keys {clash} are reserved by the file format")
-    atomic_save(
-        {
-            "format": SEGMENTOR_FORMAT,
-            "version": SEGMENTOR_VERSION,
-            "arch": model.arch,
-            "num_classes": int(model.num_classes),
-            "options": dict(model.build_options),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            **extra,
-        },
-        path,
-    )
+    obj = {
+        "format": SEGMENTOR_FORMAT,
+        "version": SEGMENTOR_VERSION,
+        "arch": model.arch,
+        "num_classes": int(model.num_classes),
+        "options": dict(model.build_options),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    try:
+        atomic_save(obj, path)
+    except OSError as err:
+        raise UserError(f"{path}: writing the segmentor file failed ({type(err).__name__}: {err}); the previous "
+                        "file there, if any, is unchanged. Free disk space or fix permissions") from err
 
 
 def _looks_official(obj) -> bool:
