@@ -1,0 +1,265 @@
+"""The whole method on the embedded synthetic dataset, end to end, on whatever machine this is.
+
+    python exp.synthetic/pipeline.py [--seed S] [--out DIR] [--quick]
+
+1. generates the synthetic VOC-shaped dataset (1/8 of the training images labeled),
+2. trains the deep (ResNet-101 family) and the wide (WRN-50-2 family) teachers with CPS + CutMix,
+3. trains the baselines — a supervised-only ResNet-18 student and a CPS ResNet-18 student,
+4. distills the ResNet-18 student with MGD from the two frozen teachers,
+5. evaluates every network on the val set and writes results.json, results.md, miou.png, qualitative.png.
+
+Each stage is the experiment folder beside this file run as ``python train.py`` (a real training run
+with checkpoints and logs under ``OUT/<stage>/``). Re-running skips finished stages and resumes an
+interrupted one. ``--quick`` runs the same stages on a smaller dataset with a short schedule (tests).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+# (result key, experiment folder, what it is, stages it needs)
+STAGES = [
+    ("teacher_deep", "syn8.resnet101_deeplabv3plus", "T_D  ResNet-101 family, CPS", ()),
+    ("teacher_wide", "syn8.wrn50_2_deeplabv3plus", "T_W  WRN-50-2 family, CPS", ()),
+    ("student_supervised", "syn8.resnet18_supervised", "ResNet-18, labeled only", ()),
+    ("student_cps", "syn8.resnet18_cps", "ResNet-18, CPS", ()),
+    ("student_mgd", "syn8.resnet18_deeplabv3plus", "ResNet-18, MGD", ("teacher_deep", "teacher_wide")),
+]
+# Dataset and schedule of the two modes; everything else is the experiment folders' config.
+FULL = {"num_train": 480, "num_val": 120, "size": 64, "overrides": []}
+QUICK = {"num_train": 96, "num_val": 24, "size": 48, "overrides": ["epochs=2", "crop_size=48", "eval_crop=48"]}
+
+
+def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides: list[str]) -> list[str]:
+    """``python train.py`` of one experiment folder, resuming if it was interrupted before."""
+    return [sys.executable, "train.py", "--resume", "auto", f"data_root={data_root}", f"output_dir={out}",
+            f"seed={seed}", "num_workers=0", *overrides]
+
+
+def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str], jobs: int) -> dict[str, float]:
+    """Run the unfinished stages, up to ``jobs`` at a time, each after the stages it needs.
+
+    Small networks use a CPU core far better in separate processes than through intra-op threads,
+    so on a machine with few cores independent stages run side by side with one thread each.
+    A stage's log goes to ``OUT/<stage>/stdout.txt``; finished stages leave ``done.json``.
+    """
+    seconds, running, pending = {}, {}, list(STAGES)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    for key, _, title, _ in STAGES:
+        done = out / key / "done.json"
+        if done.exists():
+            seconds[key] = json.loads(done.read_text())["seconds"]
+            pending = [s for s in pending if s[0] != key]
+            print(f"[{key}] already trained ({title}), skipping", flush=True)
+    while pending or running:
+        for stage in list(pending):
+            key, folder, title, needs = stage
+            if len(running) >= jobs or any(n not in seconds for n in needs):
+                continue
+            (out / key).mkdir(parents=True, exist_ok=True)
+            log = open(out / key / "stdout.txt", "a")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+            proc = subprocess.Popen(stage_command(folder, out / key, data_root, seed, overrides), cwd=HERE / folder,
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[key] = (proc, time.time(), log)
+            pending.remove(stage)
+            print(f"[{key}] started: {title} ({folder}), log {out / key / 'stdout.txt'}", flush=True)
+        time.sleep(0.5)
+        for key, (proc, t0, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            if proc.returncode:
+                for other, _, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"stage {key} failed (exit {proc.returncode}); see {out / key / 'stdout.txt'}")
+            seconds[key] = round(time.time() - t0, 1)
+            (out / key / "done.json").write_text(json.dumps({"seconds": seconds[key]}) + "\n")
+            print(f"[{key}] finished in {seconds[key]:.0f} s", flush=True)
+    return seconds
+
+
+def final_network_path(stage_dir: Path) -> Path:
+    snaps = sorted(stage_dir.glob("checkpoints/epoch-*.pth"), key=lambda p: int(p.stem.split("-")[1]))
+    if not snaps:
+        raise SystemExit(f"{stage_dir}: no snapshot was written")
+    return snaps[-1]
+
+
+def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
+    """mIoU of each network on the val set, and the val predictions of a few images for the figure."""
+    import torch
+
+    from furnace.config import resolve_config, synthetic_config
+    from furnace.datasets import build_val_dataset
+    from furnace.engine import evaluate
+    from furnace.models import load_segmentor
+
+    cfg = synthetic_config()
+    cfg.data_root = str(data_root)
+    cfg.eval_crop = size
+    cfg = resolve_config(cfg)
+    dataset = build_val_dataset(cfg)
+    results, preds = {}, {}
+    for key, path in paths.items():
+        net = load_segmentor(path)
+        res = evaluate(net, dataset, cfg, device=torch.device("cpu"))
+        results[key] = res
+        preds[key] = []
+        with torch.inference_mode():
+            for i in range(4):
+                sample = dataset[i]
+                preds[key].append(_predict(net, sample["image"]))
+    samples = [dataset[i] for i in range(4)]
+    return results, preds, samples, cfg
+
+
+def _predict(net, image: np.ndarray) -> np.ndarray:
+    import torch
+
+    from furnace.datasets.transforms import normalize
+
+    x = torch.from_numpy(normalize(image)).permute(2, 0, 1)[None].float()
+    return net(x).argmax(1)[0].numpy().astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def draw_bar_chart(miou: dict[str, float], path: Path) -> None:
+    """Horizontal bar chart of mIoU per network (OpenCV, no GUI)."""
+    rows = list(miou.items())
+    width, row_h, left = 900, 44, 240
+    img = np.full((row_h * len(rows) + 70, width, 3), 255, np.uint8)
+    cv2.putText(img, "val mIoU (%) on the synthetic dataset, 1/8 labeled", (20, 32), cv2.FONT_HERSHEY_SIMPLEX,
+                0.7, (0, 0, 0), 2, cv2.LINE_AA)
+    colors = {"teacher": (96, 160, 60), "student_mgd": (60, 60, 200), "student": (160, 130, 90)}
+    for i, (key, value) in enumerate(rows):
+        y = 56 + i * row_h
+        color = colors["teacher"] if key.startswith("teacher") else colors.get(key, colors["student"])
+        bar = int((width - left - 90) * value / 100)
+        cv2.rectangle(img, (left, y), (left + bar, y + row_h - 12), color, -1)
+        cv2.putText(img, key, (12, y + 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{value:.1f}", (left + bar + 8, y + 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
+def draw_qualitative(samples, preds: dict[str, list[np.ndarray]], palette: np.ndarray, path: Path) -> None:
+    """Grid: one row per val image; columns image, ground truth, then each network's prediction."""
+    cols = ["image", "ground truth", *preds.keys()]
+    scale = 2
+    cells = []
+    for i, sample in enumerate(samples):
+        label = sample["label"].copy()
+        row = [sample["image"], _colorize(label, palette)] + [_colorize(preds[k][i], palette) for k in preds]
+        row = [cv2.resize(c, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for c in row]
+        cells.append(row)
+    h, w = cells[0][0].shape[:2]
+    pad, head = 6, 30
+    grid = np.full((head + len(cells) * (h + pad), len(cols) * (w + pad), 3), 255, np.uint8)
+    for j, name in enumerate(cols):
+        cv2.putText(grid, name.replace("student_", "").replace("teacher_", "T_"), (j * (w + pad) + 4, 20),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            y, x = head + i * (h + pad), j * (w + pad)
+            grid[y:y + h, x:x + w] = cell
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
+def _colorize(index: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    lut = np.full((256, 3), 255, np.uint8)  # ignore (255) -> white
+    lut[: len(palette)] = palette
+    return lut[index]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0, help="dataset generator and training seed")
+    parser.add_argument("--out", default="output/synthetic", help="output folder (default: output/synthetic)")
+    parser.add_argument("--quick", action="store_true", help="small data and a short schedule (about a minute)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="stages trained side by side (default: 2, or 1 on a single core)")
+    args = parser.parse_args(argv)
+
+    from furnace.datasets.layouts import get_layout
+    from furnace.datasets.make_synthetic import generate
+
+    mode = QUICK if args.quick else FULL
+    out = Path(args.out).resolve()
+    data_root = out / "DATA"
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    start = t0 = time.time()
+    marker = data_root / "synthetic" / ".complete"
+    if not marker.exists():
+        print(f"[data] generating the synthetic dataset in {data_root / 'synthetic'}", flush=True)
+        generate(data_root / "synthetic", seed=args.seed, num_train=mode["num_train"], num_val=mode["num_val"],
+                 size=mode["size"], progress=True)
+        marker.write_text("ok\n")
+    seconds["data"] = round(time.time() - t0, 1)
+
+    seconds.update(run_stages(out, data_root, args.seed, mode["overrides"], args.jobs))
+
+    paths = {key: final_network_path(out / key) for key, _, _, _ in STAGES}
+    t0 = time.time()
+    results, preds, samples, cfg = evaluate_all(paths, data_root, mode["size"])
+    seconds["evaluation"] = round(time.time() - t0, 1)
+    miou = {k: round(100 * r["miou"], 2) for k, r in results.items()}
+    summary = {
+        "miou": miou,
+        "total_seconds": round(time.time() - start, 1),
+        "jobs": args.jobs,
+        "seconds": seconds,
+        "labeled_ratio": 8,
+        "seed": args.seed,
+        "quick": args.quick,
+        "per_class_iou": {k: dict(zip(r["class_names"], [round(100 * v, 2) for v in r["iou"]]))
+                          for k, r in results.items()},
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = format_table(summary)
+    (out / "results.md").write_text(table + "\n")
+    palette = get_layout("synthetic").palette
+    draw_bar_chart(miou, out / "miou.png")
+    draw_qualitative(samples, {k: preds[k] for k in ("student_supervised", "student_mgd", "teacher_deep", "teacher_wide")},
+                     palette, out / "qualitative.png")
+    print("\n" + table)
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'miou.png'}, {out / 'qualitative.png'}")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    titles = {key: title for key, _, title, _ in STAGES}
+    lines = [
+        f"Synthetic dataset, 1/{summary['labeled_ratio']} labeled, seed {summary['seed']}"
+        + (" (quick mode)" if summary["quick"] else ""),
+        "",
+        "| network | what | val mIoU (%) | train wall time (s) |",
+        "|---|---|---:|---:|",
+    ]
+    for key, value in summary["miou"].items():
+        lines.append(f"| {key} | {titles[key]} | {value:.2f} | {summary['seconds'].get(key, 0):.0f} |")
+    lines.append("")
+    lines.append(f"MGD − supervised: {summary['miou']['student_mgd'] - summary['miou']['student_supervised']:+.2f} "
+                 f"mIoU; pipeline wall time {summary['total_seconds']:.0f} s ({summary['jobs']} stages at a time)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

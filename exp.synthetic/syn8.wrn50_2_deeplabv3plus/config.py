@@ -1,0 +1,11 @@
+"""Synthetic demo, 1/8 labeled, wide teacher T_W: DeepLabv3+ Wide-ResNet-50-2 family trained with CPS + CutMix.
+
+The shared demo recipe (small networks, 96 px crops, schedule) is furnace.config.synthetic_config;
+this file states what differs. Override anything on the command line: `python train.py KEY=VALUE`.
+"""
+from furnace.config import synthetic_config
+
+C = config = synthetic_config(__file__)
+C.labeled_ratio = 8
+C.method = "cps"
+C.arch = "wrn50_2"
