@@ -33,6 +33,18 @@ DEFAULT_NUM_TRAIN = 480
 DEFAULT_NUM_VAL = 120
 DEFAULT_SIZE = 96
 JPEG_QUALITY = 90
+# Difficulty knobs (ranges are inclusive-exclusive for counts, fractions of the shorter side for sizes).
+OBJECTS_PER_IMAGE = (1, 3)
+OBJECT_RADIUS = (0.22, 0.4)
+CLUTTER_PER_IMAGE = (0, 3)
+TEXTURED_DISTRACTOR_P = 0.1  # share of background distractors that carry a stripe/dot texture
+TOP_STROKES = (0, 2)  # thin background strokes drawn over the objects
+NOISE_SIGMA = (2.0, 5.0)
+BACKGROUND_SATURATION = 1.0  # 0 = grey backgrounds
+OUTLINE_P = 0.0  # share of objects drawn with a thin dark outline
+BLUR_SIGMA_MAX = 0.8
+STRIPE_PERIOD = (0.07, 0.12)  # texture scales, fractions of the shorter side
+DOT_SPACING = (0.08, 0.12)
 _SPLIT_TAGS = {"train": 1, "val": 2}
 
 
@@ -64,10 +76,10 @@ class _Canvas:
         cos, sin = math.cos(theta), math.sin(theta)
         u = self.xx * cos + self.yy * sin
         if kind == 0:
-            period = max(4.0, rng.uniform(0.07, 0.12) * self.unit)
+            period = max(4.0, rng.uniform(*STRIPE_PERIOD) * self.unit)
             on = np.mod(u, period) < period * rng.uniform(0.4, 0.6)
         else:
-            spacing = max(5.0, rng.uniform(0.08, 0.12) * self.unit)
+            spacing = max(5.0, rng.uniform(*DOT_SPACING) * self.unit)
             radius = spacing * rng.uniform(0.25, 0.35)
             v = -self.xx * sin + self.yy * cos
             du = np.mod(u, spacing) - spacing / 2
@@ -78,6 +90,7 @@ class _Canvas:
     def background(self, rng) -> np.ndarray:
         """Smooth random colour field (h, w, 3) float32."""
         grid = rng.uniform(30, 225, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
+        grid = BACKGROUND_SATURATION * grid + (1 - BACKGROUND_SATURATION) * grid.mean(axis=2, keepdims=True)
         return cv2.resize(grid, (self.w, self.h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -131,28 +144,31 @@ def render_sample(rng: np.random.Generator, size=(DEFAULT_SIZE, DEFAULT_SIZE)) -
     image = canvas.background(rng)
     label = np.zeros((h, w), np.uint8)
 
-    for _ in range(int(rng.integers(1, 5))):  # background clutter
+    for _ in range(int(rng.integers(*CLUTTER_PER_IMAGE))):  # background clutter
         if rng.random() < 0.3:
             _strokes(image, rng, 1, unit)
             continue
         mask = _distractor_mask(h, w, rng, unit).astype(bool)
-        fill = canvas.texture(rng, int(rng.integers(2))) if rng.random() < 0.3 else _color(rng)
+        fill = canvas.texture(rng, int(rng.integers(2))) if rng.random() < TEXTURED_DISTRACTOR_P else _color(rng)
         image[mask] = fill[mask] if np.ndim(fill) == 3 else fill
 
-    for _ in range(int(rng.integers(1, 4))):  # objects
+    for _ in range(int(rng.integers(*OBJECTS_PER_IMAGE))):  # objects
         cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
         shape, texture = (cls - 1) // 2, (cls - 1) % 2
-        r = rng.uniform(0.14, 0.3) * unit
+        r = rng.uniform(*OBJECT_RADIUS) * unit
         cx, cy = rng.uniform(0.5 * r, w - 0.5 * r), rng.uniform(0.5 * r, h - 0.5 * r)
         mask = _shape_mask(h, w, shape, cx, cy, r, rng.uniform(0, 2 * math.pi)).astype(bool)
         image[mask] = canvas.texture(rng, texture)[mask]
         label[mask] = cls
+        if rng.random() < OUTLINE_P:
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(image, contours, -1, tuple(float(c) for c in _color(rng) * 0.3), 1)
 
-    _strokes(image, rng, int(rng.integers(0, 3)), unit, label)
-    sigma = rng.uniform(0.0, 0.8)
+    _strokes(image, rng, int(rng.integers(*TOP_STROKES)), unit, label)
+    sigma = rng.uniform(0.0, BLUR_SIGMA_MAX)
     if sigma > 0.3:
         image = cv2.GaussianBlur(image, (0, 0), sigma)
-    image += rng.normal(0.0, rng.uniform(2.0, 8.0), image.shape).astype(np.float32)
+    image += rng.normal(0.0, rng.uniform(*NOISE_SIGMA), image.shape).astype(np.float32)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
 
 

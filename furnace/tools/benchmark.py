@@ -1,0 +1,537 @@
+"""Benchmark: parameters, FLOPs, evaluation speed, the MGD training step and the data loader.
+
+    python -m furnace.tools.benchmark [--device cpu|cuda] [--quick] [--json OUT]
+
+Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
+
+* ``networks``: per architecture at 512x512 (21 classes) the parameters (backbone / head without the
+  classifier / classifier, as SPEC §4 quotes them) and the FLOPs of the backbone and of the whole
+  network (torch.utils.flop_counter, counted on the meta device: a multiply-add is 2 FLOPs); the
+  students' evaluation speed through ``Evaluator.predict`` (sliding window, single scale, no flip):
+  VOC 512x512 with window 512 and Cityscapes 1024x2048 with window 800 (8 windows).
+* ``mgd_step``: one MGD training iteration (forward, backward, SGD update) at ``--batch`` x ``--crop``,
+  two ways on the same batch and the same initial weights: the *reference* path (mgd_impl="reference":
+  each teacher called on x_l, u0, u1 and x_m separately, fp32, NCHW) and the *optimized* path
+  (mgd_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers;
+  on CUDA also a channels_last student and bf16 autocast; on a CPU the student stays NCHW, whose oneDNN
+  backward is faster there; ``--compile`` optional). Steps of the two paths alternate, so a machine
+  whose load changes during the run slows both alike. Reported: median step time after warm-up
+  (``speedup`` = reference / optimized), images/s, achieved TFLOP/s (FLOPs of one step of each path
+  counted by the flop counter: they are equal, only the speed differs), peak memory on CUDA, on a CPU
+  also the process CPU time per step (``speedup_cpu_time``: steadier than the wall time when other
+  programs share the cores), and ``max_loss_rel_diff``: the largest relative difference between the
+  two paths' losses on the first step (on CUDA with autocast both paths are also run once in fp32 with
+  TF32 off: ``max_loss_rel_diff_fp32`` isolates the maths from the bf16 rounding).
+* ``data``: training samples/s of ``furnace.datasets.TrainLoader`` per loader worker
+  (``furnace.tools.bench_data.measure_loader``) on generated 500x375 VOC-layout JPEGs, crop 512.
+
+``--quick`` uses small sizes and few repeats (CPU: about a minute and a half on 2 cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
+STUDENTS = ("resnet18", "mobilenetv2")
+TEACHERS = ("resnet101", "wrn50_2")
+# The paper's claim (abstract): the students' backbone FLOPs are this many times below the teachers'.
+PAPER_BACKBONE_RATIOS = {"resnet18": (3.4, 5.3), "mobilenetv2": (38.7, 59.6)}
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the utilisation figure.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+# VOC 1/8 with the recipe's global batch 8: (10,582 - 1,323) // 8 iterations per epoch x 34 epochs.
+VOC_1_8_ITERS = (10582 - 1323) // 8 * 34
+EVAL_SIZES = {"512x512": (512, 512, 512, "voc"), "1024x2048": (1024, 2048, 800, "city")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    """Milliseconds of one ``fn()`` call, the device synchronised before and after."""
+    return _timed2(fn, device)[0]
+
+
+def _timed2(fn, device: torch.device) -> tuple[float, float]:
+    """(wall, CPU) milliseconds of one ``fn()`` call. The CPU time of the process (all its threads) is
+    what the call cost on a CPU whose cores other programs share: it does not grow while the process
+    waits for a core, which the wall time does."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
+
+
+def _median_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_timed(fn, device) for _ in range(max(1, iters)))
+
+
+def _amp_dtype(device: torch.device):
+    """bf16 where the GPU supports it, else fp16; None (full precision) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextmanager
+def _no_tf32():
+    """True fp32 convolutions and matmuls on CUDA (PyTorch lets cuDNN convolutions use TF32 by default)."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def count_flops(fn) -> int:
+    """FLOPs of everything ``fn()`` runs (forward and backward), counted by torch.utils.flop_counter.
+
+    Only matrix products and convolutions count (a multiply-add = 2 FLOPs); elementwise work does not.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def network_stats(device: torch.device, *, eval_sizes=tuple(EVAL_SIZES), eval_iters: int = 2,
+                  num_classes: int = 21) -> dict:
+    """Parameters and FLOPs (512x512) of every architecture; eval images/s of the students.
+
+    Returns ``{arch: {"params_m": {backbone, head, classifier}, "gflops_512": {backbone, total},
+    "eval_images_per_s": {size: value}}}`` plus, for the students, ``backbone_flops_below_teachers``
+    (teacher / student backbone FLOPs for resnet101 and wrn50_2) next to the paper's figures.
+    ``eval_sizes`` are keys of EVAL_SIZES (empty: no timing).
+    """
+    from ..models import build_model, count_parameters
+
+    out = {}
+    x = torch.empty(1, 3, 512, 512, device="meta")
+    for arch in ARCHS:
+        # FLOPs depend on shapes only: count on the meta device, nothing is computed or allocated
+        with torch.device("meta"):
+            net = build_model(arch, num_classes, verbose=False).eval()
+        params = count_parameters(net)
+        row = {
+            "params_m": {k: round(v / 1e6, 2) for k, v in params.items()},
+            "gflops_512": {
+                "backbone": round(count_flops(lambda: net.backbone(x)) / 1e9, 2),
+                "total": round(count_flops(lambda: net(x)) / 1e9, 2),
+            },
+        }
+        if arch in STUDENTS and eval_sizes:
+            # one 1024x2048 image is 8 windows of 800x800: a single timed image on a CPU
+            row["eval_images_per_s"] = {
+                size: eval_speed(arch, device, size,
+                                 iters=eval_iters if device.type == "cuda" or size == "512x512" else 1)
+                for size in eval_sizes}
+        out[arch] = row
+    for arch in STUDENTS:
+        s = out[arch]["gflops_512"]["backbone"]
+        out[arch]["backbone_flops_below_teachers"] = {
+            t: round(out[t]["gflops_512"]["backbone"] / s, 2) for t in TEACHERS}
+        out[arch]["paper_backbone_flops_below_teachers"] = list(PAPER_BACKBONE_RATIOS[arch])
+    return out
+
+
+def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) -> float:
+    """Images/s of ``Evaluator.predict`` for a randomly initialised ``arch`` on one random uint8 image
+    of ``size`` (a key of EVAL_SIZES), with the dataset recipe's window, single scale, no flip, and
+    the evaluator's own precision/layout settings for ``device`` (amp auto, channels_last on CUDA)."""
+    from ..config import city_config, voc_config
+    from ..engine.evaluator import Evaluator, sliding_windows, window_stride
+    from ..models import build_model
+
+    h, w, crop, dataset = EVAL_SIZES[size]
+    cfg = voc_config() if dataset == "voc" else city_config()
+    cfg.update(eval_crop=crop, eval_scales=[1.0], eval_flip=False, amp="auto",
+               channels_last=device.type == "cuda", device=device.type)
+    net = build_model(arch, cfg.num_classes, verbose=False).to(device).eval()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    evaluator = Evaluator(cfg, device)
+    image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
+    # Warm-up (kernel selection, allocator, oneDNN primitives) with one forward of the window batch the
+    # evaluator will use, rather than a whole image, which on a CPU costs as much as the measurement.
+    windows = len(sliding_windows(h, w, crop, window_stride(crop)))
+    x = torch.zeros(min(evaluator.batch, windows), 3, crop, crop, device=device).contiguous(memory_format=fmt)
+    amp = _amp_dtype(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        net(x)
+    ms = _median_ms(lambda: evaluator.predict(net, image), device, warmup=1 if device.type == "cuda" else 0,
+                    iters=iters)
+    return round(1000 / ms, 3)
+
+
+# ----------------------------------------------------------------------------- MGD step
+
+
+def _synthetic_batch(batch: int, crop: int, num_classes: int) -> dict:
+    """A fixed training micro-batch: random images and labels, a central CutMix box (1/4 of the area)."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(batch, 1, crop, crop)
+    mask[:, :, crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
+    return {
+        "image_l": torch.randn(batch, 3, crop, crop, generator=g),
+        "label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g),
+        "image_u0": torch.randn(batch, 3, crop, crop, generator=g),
+        "image_u1": torch.randn(batch, 3, crop, crop, generator=g),
+        "mask_mix": mask,
+    }
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _Path:
+    """One way of running the MGD step: the method, its optimizer, its batch and its step function."""
+
+    def __init__(self, name, method, batch, device, dtype):
+        self.name, self.method, self.device, self.dtype = name, method, device, dtype
+        self.batch = batch
+        self.optimizer = torch.optim.SGD(method.parameters(), lr=1e-3, momentum=0.9)
+        self.forward = method
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.peak_work = 0
+
+    def step(self, record: dict | None = None) -> None:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            losses = self.forward(self.batch)
+        losses["loss"].backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if record is not None:
+            record.update({k: float(v.detach()) for k, v in losses.items()})
+
+    def timed_step(self) -> None:
+        if self.device.type == "cuda":
+            _sync(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        wall, cpu = _timed2(self.step, self.device)
+        self.times.append(wall)
+        self.cpu_times.append(cpu)
+        if self.device.type == "cuda":
+            self.peak_work = max(self.peak_work, torch.cuda.max_memory_allocated(self.device) - base)
+
+    def resident_bytes(self) -> int:
+        """Weights, buffers (student and teachers) and optimizer state this path keeps on the device."""
+        nets = [self.method, *(self.method.frozen(n) for n in ("teacher_deep", "teacher_wide"))]
+        tensors = [t for n in nets for t in (*n.parameters(), *n.buffers())]
+        tensors += [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return _bytes({id(t): t for t in tensors}.values())
+
+
+def _rel_diff(ref: dict, other: dict) -> float:
+    return max(abs(other[k] - v) / max(abs(v), 1e-12) for k, v in ref.items())
+
+
+def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "resnet18", steps: int = 3,
+                   warmup: int = 1, num_classes: int = 21, width_mult: float = 1.0, head_channels: int = 256,
+                   student_channels_last: bool | None = None, compile_mode: str = "off") -> dict:
+    """Reference vs optimized MGD step (forward, backward, SGD update) at ``batch`` x ``crop``.
+
+    Teachers (resnet101, wrn50_2) and student are randomly initialised with ``width_mult`` /
+    ``head_channels`` (1.0 / 256: the real networks), written as teacher files and loaded by the
+    method exactly as training does. ``student_channels_last`` None -> on CUDA only (on a CPU oneDNN's
+    channels_last backward is slower for the student; the teachers gain from it). ``compile_mode``:
+    "off", "teachers" (``MGD.compile_teachers``; on a CPU with inductor's weight freezing) or "student".
+    Returns the figures described in the module docstring.
+    """
+    from ..config import resolve_config, voc_config
+    from ..methods import build_method
+    from ..models import build_model, save_segmentor
+
+    if student_channels_last is None:
+        student_channels_last = device.type == "cuda"
+    amp = _amp_dtype(device)
+    data = _synthetic_batch(batch, crop, num_classes)
+    opts = dict(width_mult=width_mult, head_channels=head_channels)
+    with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:
+        tmp = Path(tmpdir)
+        torch.manual_seed(1)
+        for name, t_arch in (("deep", "resnet101"), ("wide", "wrn50_2")):
+            save_segmentor(build_model(t_arch, num_classes, verbose=False, **opts), tmp / f"{name}.pth")
+
+        def build(impl: str):
+            C = voc_config()
+            C.update(data_root=str(tmp), output_dir=str(tmp / "out"), pretrained="", arch=arch, method="mgd",
+                     mgd_impl=impl, num_classes=num_classes, teacher_deep=str(tmp / "deep.pth"),
+                     teacher_wide=str(tmp / "wide.pth"), **opts)
+            torch.manual_seed(2)  # the same student initialisation for both paths
+            return build_method(resolve_config(C)).to(device).train()
+
+        paths = {"reference": build("reference"), "optimized": build("batched")}
+        opt_method = paths["optimized"]
+        fmt = torch.contiguous_format
+        if student_channels_last:
+            opt_method.to(memory_format=torch.channels_last)
+            fmt = torch.channels_last
+        runs = {
+            "reference": _Path("reference", paths["reference"], {k: v.to(device) for k, v in data.items()}, device, None),
+            "optimized": _Path("optimized", opt_method, {k: v.to(device).contiguous(memory_format=fmt)
+                                                         if v.dim() == 4 else v.to(device) for k, v in data.items()},
+                               device, amp),
+        }
+        ref, fast = runs["reference"], runs["optimized"]
+
+        check = {}
+        if amp is not None:  # the maths without bf16 rounding: both paths once in true fp32
+            with torch.no_grad(), _no_tf32():
+                for r in (ref, fast):
+                    check[r.name] = {k: float(v) for k, v in r.method(r.batch).items()}
+
+        # first step of each path: the losses to compare, and the FLOPs each path computes
+        first = {"reference": {}, "optimized": {}}
+        ref_flops = count_flops(lambda: ref.step(first["reference"]))
+        flops = count_flops(lambda: fast.step(first["optimized"]))
+
+        compile_s = 0.0
+        if compile_mode != "off":
+            t0 = time.perf_counter()
+            _compile(fast, compile_mode, device)
+            fast.step()  # compiles
+            _sync(device)
+            compile_s = time.perf_counter() - t0
+        for _ in range(warmup):
+            ref.step()
+            fast.step()
+        for _ in range(steps):  # alternate: a load change on the machine hits both paths alike
+            ref.timed_step()
+            fast.timed_step()
+
+        out = {"arch": arch, "batch": batch, "crop": crop, "device": str(device),
+               "threads": torch.get_num_threads()}
+        if width_mult != 1.0 or head_channels != 256:
+            out.update(width_mult=width_mult, head_channels=head_channels)
+        ref_ms, fast_ms = statistics.median(ref.times), statistics.median(fast.times)
+        out.update({
+            "reference_ms": round(ref_ms, 2),
+            "optimized_ms": round(fast_ms, 2),
+            "speedup": round(ref_ms / fast_ms, 3),
+            "max_loss_rel_diff": float(f"{_rel_diff(first['reference'], first['optimized']):.3g}"),
+        })
+        if device.type == "cpu":
+            # On a CPU shared with other programs the wall time swings with their load; the process's
+            # CPU time per step does much less (with several threads it includes OpenMP spin-waiting).
+            ref_cpu, fast_cpu = statistics.median(ref.cpu_times), statistics.median(fast.cpu_times)
+            out.update({"reference_cpu_ms": round(ref_cpu, 2), "optimized_cpu_ms": round(fast_cpu, 2),
+                        "speedup_cpu_time": round(ref_cpu / fast_cpu, 3),
+                        "speedup_best_wall": round(min(ref.times) / min(fast.times), 3)})
+        if check:
+            out["max_loss_rel_diff_fp32"] = float(f"{_rel_diff(check['reference'], check['optimized']):.3g}")
+        out.update({
+            "images_per_s": round(batch * 1000 / fast_ms, 3),
+            "reference_images_per_s": round(batch * 1000 / ref_ms, 3),
+            "step_tflop": round(flops / 1e12, 4),
+            "achieved_tflops": round(flops / 1e12 / (fast_ms / 1000), 4),
+            # the same maths: both paths multiply-add the same amount, only how fast differs
+            "reference_step_tflop": round(ref_flops / 1e12, 4),
+            "reference_achieved_tflops": round(ref_flops / 1e12 / (ref_ms / 1000), 4),
+            "optimized_settings": {
+                "teachers": "one batched inference_mode pass each, channels_last",
+                "student_channels_last": student_channels_last,
+                "autocast": str(amp).replace("torch.", "") if amp else "off",
+                "compile": compile_mode,
+            },
+            "timed_steps": steps,
+            "warmup_steps": warmup,
+            "step_ms_all": {k: [round(t, 1) for t in r.times] for k, r in runs.items()},
+            **({"step_cpu_ms_all": {k: [round(t, 1) for t in r.cpu_times] for k, r in runs.items()}}
+               if device.type == "cpu" else {}),
+            "losses_first_step": first,
+        })
+        if compile_mode != "off":
+            out["compile_s"] = round(compile_s, 1)
+        if device.type == "cuda":
+            for key, r in runs.items():
+                out[f"{key}_peak_mem_gb"] = round((r.resident_bytes() + r.peak_work) / 2**30, 2)
+            out["peak_mem_gb"] = out["optimized_peak_mem_gb"]
+    return out
+
+
+def _compile(path: _Path, mode: str, device: torch.device) -> None:
+    if mode == "teachers":
+        if device.type == "cpu":
+            # CPU inference: let inductor fold BN into the convolutions and prepack the weights
+            # (oneDNN), valid because the teachers never change during the benchmark
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+        path.method.compile_teachers()
+    elif mode == "student":
+        path.method.student = torch.compile(path.method.student)
+    else:
+        raise ValueError(f"unknown compile mode {mode!r}")
+
+
+# ----------------------------------------------------------------------------- data loader
+
+
+def loader_stats(*, workers=(1,), batches: int = 8, warmup: int = 2, crop: int = 512, micro_batch: int = 4) -> dict:
+    """Samples/s of the MGD training loader (labeled + two unlabeled crops + CutMix mask per sample)
+    per worker, on generated 500x375 VOC-layout JPEGs (one epoch's worth: ``(warmup + batches) x
+    micro_batch`` images, every one labeled and unlabeled), for each ``num_workers`` value."""
+    from ..config import resolve_config, voc_config
+    from ..datasets.make_synthetic import generate
+    from .bench_data import measure_loader
+
+    out = {"image_size": "500x375", "crop": crop, "micro_batch": micro_batch, "cpu_count": os.cpu_count(),
+           "results": []}
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        generate(os.path.join(tmp, "pascal_voc"), seed=0, num_train=(warmup + batches) * micro_batch, num_val=1,
+                 size=(375, 500), ratios=())
+        for n in workers:
+            cfg = voc_config()
+            cfg.update(data_root=tmp, labeled_ratio=1, epochs=1, crop_size=crop, num_workers=n,
+                       global_batch=micro_batch, micro_batch=micro_batch, pretrained="")
+            out["results"].append(measure_loader(resolve_config(cfg), num_batches=batches, warmup=warmup))
+    out["samples_per_s_per_worker"] = out["results"][0]["samples_per_s_per_worker"]
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark (see the module docstring); returns the report dict that is printed and saved."""
+    p = argparse.ArgumentParser(prog="python -m furnace.tools.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CPU: under 2 minutes)")
+    p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument("--skip", nargs="*", default=[], choices=("networks", "mgd_step", "data"))
+    g = p.add_argument_group("MGD step")
+    g.add_argument("--arch", choices=STUDENTS, default="resnet18", help="student (default resnet18)")
+    g.add_argument("--batch", type=int, default=0, help="per-process micro-batch (default: cuda 8, cpu 2)")
+    g.add_argument("--crop", type=int, default=0, help="crop (default: cuda 512; cpu 256, --quick 128)")
+    g.add_argument("--steps", type=int, default=0,
+                   help="timed steps per path, median reported (default: cuda 20, cpu 3; --quick 5 / 2)")
+    g.add_argument("--warmup", type=int, default=-1,
+                   help="untimed steps per path after the first (default: cuda 3, cpu 1; --quick cpu 0)")
+    g.add_argument("--compile", choices=("off", "teachers", "student"), default="off",
+                   help="torch.compile part of the optimized path (default off: on a CPU the compile time, minutes, exceeds what it saves in a benchmark run)")
+    g.add_argument("--student-channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="auto: on CUDA only")
+    g.add_argument("--width-mult", type=float, default=1.0, help="shrink every network (tests; 1.0 = the real ones)")
+    g.add_argument("--head-channels", type=int, default=256, help="decoder width of every network (tests)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.backends.cudnn.benchmark = True  # as the trainer sets it
+        return _run(args, device)
+    finally:  # main() may be called inside another program (the tests): leave its settings as they were
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def _run(args, device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    batch = args.batch or (8 if cuda else 2)
+    crop = args.crop or (512 if cuda else (128 if args.quick else 256))
+    steps = args.steps or ((5 if args.quick else 20) if cuda else (2 if args.quick else 3))
+    # the first step of each path (the loss comparison) already warms the caches and kernel choices
+    warmup = args.warmup if args.warmup >= 0 else (3 if cuda else 0 if args.quick else 1)
+    start = time.perf_counter()
+    report = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "quick": args.quick}
+    if "networks" not in args.skip:
+        sizes = ("512x512",) if (args.quick and not cuda) else tuple(EVAL_SIZES)
+        report["networks"] = network_stats(device, eval_sizes=sizes, eval_iters=(10 if cuda else (1 if args.quick else 2)))
+        if len(sizes) < len(EVAL_SIZES):
+            report["networks_note"] = "--quick on a CPU: 1024x2048 evaluation skipped"
+    if "mgd_step" not in args.skip:
+        scl = {"auto": None, "on": True, "off": False}[args.student_channels_last]
+        m = mgd_step_bench(device, batch=batch, crop=crop, arch=args.arch, steps=steps, warmup=warmup,
+                           width_mult=args.width_mult, head_channels=args.head_channels,
+                           student_channels_last=scl, compile_mode=args.compile)
+        if cuda:
+            peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in report["device"]), None)
+            if peak:
+                m["gpu_peak_tflops_bf16"] = peak
+                m["utilisation"] = round(m["achieved_tflops"] / peak, 4)
+            if batch == 8 and crop == 512 and args.width_mult == 1.0:
+                m["voc_1_8_projected_hours_1gpu"] = round(m["optimized_ms"] * VOC_1_8_ITERS / 3.6e6, 2)
+        report["mgd_step"] = m
+    if "data" not in args.skip:
+        report["data"] = loader_stats(**(dict(workers=(1,), batches=4, warmup=1) if args.quick
+                                         else dict(workers=(1, 2), batches=10, warmup=2)))
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(format_report(report), flush=True)
+    text = json.dumps(report, indent=2, default=str)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+        print(f"wrote {args.json}")
+    else:
+        print(text)
+    return report
+
+
+def format_report(r: dict) -> str:
+    """The human-readable table of a report from :func:`main`."""
+    nan = float("nan")
+    lines = [f"device {r['device']}, torch {r['torch']}, {r['threads']} threads"]
+    if "networks" in r:
+        lines.append(f"{'arch':<12} {'params M bb':>11} {'head':>6} {'GFLOPs@512 bb':>14} {'total':>7} "
+                     f"{'eval img/s 512x512':>19} {'1024x2048':>10}  backbone FLOPs below T_D / T_W (paper)")
+        for arch, s in r["networks"].items():
+            ev = s.get("eval_images_per_s", {})
+            below = s.get("backbone_flops_below_teachers")
+            note = (f"{below['resnet101']:.2f}x / {below['wrn50_2']:.2f}x "
+                    f"({s['paper_backbone_flops_below_teachers'][0]}x / {s['paper_backbone_flops_below_teachers'][1]}x)"
+                    if below else "")
+            lines.append(
+                f"{arch:<12} {s['params_m']['backbone']:>11.2f} {s['params_m']['head']:>6.2f} "
+                f"{s['gflops_512']['backbone']:>14.1f} {s['gflops_512']['total']:>7.1f} "
+                f"{ev.get('512x512', nan):>19.3g} {ev.get('1024x2048', nan):>10.3g}  {note}")
+    if "mgd_step" in r:
+        m = r["mgd_step"]
+        lines.append(
+            f"MGD step ({m['arch']}, batch {m['batch']}, crop {m['crop']}): reference {m['reference_ms']:.0f} ms, "
+            f"optimized {m['optimized_ms']:.0f} ms -> speedup {m['speedup']:.2f}x; {m['images_per_s']:.3g} img/s, "
+            f"{m['achieved_tflops']:.3g} TFLOP/s ({m['step_tflop']:.3g} TFLOP/step); "
+            f"max loss rel diff {m['max_loss_rel_diff']:.2g}"
+            + (f" (fp32 {m['max_loss_rel_diff_fp32']:.2g})" if "max_loss_rel_diff_fp32" in m else "")
+            + (f"; peak {m['peak_mem_gb']} GB" if "peak_mem_gb" in m else "")
+            + (f"; compile {m['compile_s']} s" if "compile_s" in m else ""))
+    if "data" in r:
+        d = r["data"]
+        per = ", ".join(f"{x['num_workers']} worker(s): {x['samples_per_s']:.3g} samples/s "
+                        f"({x['samples_per_s_per_worker']:.3g}/worker)" for x in d["results"])
+        lines.append(f"data loader (MGD samples, crop {d['crop']}): {per}")
+    lines.append(f"total {r.get('seconds', nan)} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
