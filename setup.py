@@ -25,8 +25,8 @@ setup(
     packages=find_packages(include=["furnace", "furnace.*"]),
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
-        "plot": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "scipy>=1.10"],
+        "voc": ["scipy>=1.10"],  # prepare_voc reads SBD's .mat labels
     },
     license="MIT",
 )
