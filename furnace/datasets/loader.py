@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from ..utils import UserError
 from .cutmix import box_mask_from_cfg
@@ -59,16 +59,9 @@ def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.G
     )
 
 
-def _empty(shape, dtype) -> torch.Tensor:
-    """A tensor to return from a loader worker: allocated in shared memory right away there, which
-    saves the copy the DataLoader would otherwise make to send it to the main process."""
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if get_worker_info() is not None else out
-
-
 def _to_chw(images: list[np.ndarray]) -> torch.Tensor:
     """(h, w, 3) arrays -> (B, 3, h, w) float32 tensor with a single copy."""
-    out = _empty((len(images), 3, *images[0].shape[:2]), torch.float32)
+    out = torch.empty((len(images), 3, *images[0].shape[:2]), dtype=torch.float32)
     view = out.numpy()
     for i, image in enumerate(images):
         view[i] = image.transpose(2, 0, 1)
@@ -125,13 +118,13 @@ class _EpochBatches(Dataset):
                 u1.append(self._augment(self.unlabeled, STREAM_U1, p, False)[0])
                 mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
                 masks.append(box_mask_from_cfg((self.crop, self.crop), mask_rng, self.cfg))
-        label_l = _empty((len(labels), *labels[0].shape), torch.int64)
+        label_l = torch.empty((len(labels), *labels[0].shape), dtype=torch.int64)
         np.copyto(label_l.numpy(), np.stack(labels), casting="safe")
         batch = {"image_l": _to_chw(images), "label_l": label_l}
         if self.need_unlabeled:
             batch["image_u0"] = _to_chw(u0)
             batch["image_u1"] = _to_chw(u1)
-            mask_mix = _empty((len(masks), 1, *masks[0].shape), torch.float32)
+            mask_mix = torch.empty((len(masks), 1, *masks[0].shape), dtype=torch.float32)
             np.copyto(mask_mix.numpy()[:, 0], np.stack(masks))
             batch["mask_mix"] = mask_mix
         return batch

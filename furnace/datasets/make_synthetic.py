@@ -3,13 +3,13 @@
     python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0
 
 Seven classes: background and {circle, square, triangle} × {striped, dotted} — the class depends on
-shape AND texture. Object colours are random (never tied to the class); each image holds 1–4
-objects of varying scale and rotation that may overlap (the later one occludes, labels follow).
-Backgrounds are cluttered: a smooth random colour field, distractor strokes, elongated ellipses and
-spiky stars, some of them striped or dotted (so texture alone does not decide the class), and
-thin strokes over the objects (labelled background). Blur, noise and JPEG compression finish each
-image. With a handful of labeled images (1/8 of 480) a network confuses shapes and textures, which
-is where unlabeled data helps.
+shape AND texture. Object colours are random (never tied to the class; the stripes or dots are a dark
+shade of the object's colour, so the texture reads the same whatever the hue); objects vary in scale
+and rotation and may overlap (the later one occludes, labels follow). Backgrounds are cluttered: a
+smooth, half-desaturated random colour field, distractor strokes, elongated ellipses and spiky stars
+(a few of them striped or dotted, so texture alone does not decide the class), and thin strokes over
+the objects (labelled background). Blur, noise and JPEG compression finish each image. The module
+constants below are the difficulty knobs.
 
 Layout (as VOC): ``train_aug/{image,label}``, ``val/{image,label}``, ``train_aug.txt``, ``val.txt``
 and ``subset_train_aug/train_aug_{labeled,unlabeled}_1-{16,8,4,2}.txt`` (:mod:`make_splits`, same seed).
@@ -31,7 +31,7 @@ from .make_splits import DEFAULT_RATIOS, write_splits
 
 DEFAULT_NUM_TRAIN = 480
 DEFAULT_NUM_VAL = 120
-DEFAULT_SIZE = 96
+DEFAULT_SIZE = 64  # = synthetic_config's crop_size
 JPEG_QUALITY = 90
 # Difficulty knobs (ranges are inclusive-exclusive for counts, fractions of the shorter side for sizes).
 OBJECTS_PER_IMAGE = (1, 3)
@@ -40,11 +40,13 @@ CLUTTER_PER_IMAGE = (0, 3)
 TEXTURED_DISTRACTOR_P = 0.1  # share of background distractors that carry a stripe/dot texture
 TOP_STROKES = (0, 2)  # thin background strokes drawn over the objects
 NOISE_SIGMA = (2.0, 5.0)
-BACKGROUND_SATURATION = 1.0  # 0 = grey backgrounds
-OUTLINE_P = 0.0  # share of objects drawn with a thin dark outline
+BACKGROUND_SATURATION = 0.5  # 0 = grey backgrounds, 1 = fully random colours
 BLUR_SIGMA_MAX = 0.8
-STRIPE_PERIOD = (0.07, 0.12)  # texture scales, fractions of the shorter side
-DOT_SPACING = (0.08, 0.12)
+# Texture scales, fractions of the shorter side: coarse enough to survive the 0.5x training scale.
+STRIPE_PERIOD = (0.12, 0.18)
+DOT_SPACING = (0.13, 0.18)
+ROTATION_MAX = 180.0  # degrees away from the upright pose of squares and triangles
+DARK_PATTERN = True  # pattern in a dark shade of the object's colour (False: two unrelated colours)
 _SPLIT_TAGS = {"train": 1, "val": 2}
 
 
@@ -69,9 +71,13 @@ class _Canvas:
         self.unit = min(h, w)
 
     def texture(self, rng, kind: int) -> np.ndarray:
-        """(h, w, 3) float32: stripes (kind 0) or dots (kind 1) in two random contrasting colours,
-        random orientation and period."""
-        a, b = _contrasting_pair(rng)
+        """(h, w, 3) float32: stripes (kind 0) or dots (kind 1) with random colour, orientation and
+        period (see DARK_PATTERN)."""
+        if DARK_PATTERN:
+            a = _color(rng) * 0.6 + 100.0  # a light base and the pattern in a dark shade of it
+            b = a * 0.3
+        else:
+            a, b = _contrasting_pair(rng)
         theta = rng.uniform(0, math.pi)
         cos, sin = math.cos(theta), math.sin(theta)
         u = self.xx * cos + self.yy * sin
@@ -92,6 +98,12 @@ class _Canvas:
         grid = rng.uniform(30, 225, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
         grid = BACKGROUND_SATURATION * grid + (1 - BACKGROUND_SATURATION) * grid.mean(axis=2, keepdims=True)
         return cv2.resize(grid, (self.w, self.h), interpolation=cv2.INTER_CUBIC)
+
+
+def _angle(rng, shape: int) -> float:
+    """Rotation of a shape: the upright pose (a corner up) turned by at most ROTATION_MAX degrees."""
+    upright = -math.pi / 2 if shape == 2 else math.pi / 4
+    return upright + math.radians(rng.uniform(-ROTATION_MAX, ROTATION_MAX))
 
 
 def _shape_mask(h: int, w: int, shape: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -157,12 +169,9 @@ def render_sample(rng: np.random.Generator, size=(DEFAULT_SIZE, DEFAULT_SIZE)) -
         shape, texture = (cls - 1) // 2, (cls - 1) % 2
         r = rng.uniform(*OBJECT_RADIUS) * unit
         cx, cy = rng.uniform(0.5 * r, w - 0.5 * r), rng.uniform(0.5 * r, h - 0.5 * r)
-        mask = _shape_mask(h, w, shape, cx, cy, r, rng.uniform(0, 2 * math.pi)).astype(bool)
+        mask = _shape_mask(h, w, shape, cx, cy, r, _angle(rng, shape)).astype(bool)
         image[mask] = canvas.texture(rng, texture)[mask]
         label[mask] = cls
-        if rng.random() < OUTLINE_P:
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(image, contours, -1, tuple(float(c) for c in _color(rng) * 0.3), 1)
 
     _strokes(image, rng, int(rng.integers(*TOP_STROKES)), unit, label)
     sigma = rng.uniform(0.0, BLUR_SIGMA_MAX)
