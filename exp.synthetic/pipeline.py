@@ -98,12 +98,12 @@ def final_network_path(stage_dir: Path) -> Path:
 
 
 def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
-    """mIoU of each network on the val set, and the val predictions of a few images for the figure."""
+    """mIoU of each network on the val set, and its predictions of a few val images for the figure."""
     import torch
 
     from furnace.config import resolve_config, synthetic_config
     from furnace.datasets import build_val_dataset
-    from furnace.engine import evaluate
+    from furnace.engine import Evaluator, evaluate
     from furnace.models import load_segmentor
 
     cfg = synthetic_config()
@@ -111,27 +111,15 @@ def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
     cfg.eval_crop = size
     cfg = resolve_config(cfg)
     dataset = build_val_dataset(cfg)
+    samples = [dataset[i] for i in range(4)]
+    evaluator = Evaluator(cfg, torch.device("cpu"))
     results, preds = {}, {}
     for key, path in paths.items():
         net = load_segmentor(path)
-        res = evaluate(net, dataset, cfg, device=torch.device("cpu"))
-        results[key] = res
-        preds[key] = []
+        results[key] = evaluate(net, dataset, cfg, device=torch.device("cpu"))
         with torch.inference_mode():
-            for i in range(4):
-                sample = dataset[i]
-                preds[key].append(_predict(net, sample["image"]))
-    samples = [dataset[i] for i in range(4)]
-    return results, preds, samples, cfg
-
-
-def _predict(net, image: np.ndarray) -> np.ndarray:
-    import torch
-
-    from furnace.datasets.transforms import normalize
-
-    x = torch.from_numpy(normalize(image)).permute(2, 0, 1)[None].float()
-    return net(x).argmax(1)[0].numpy().astype(np.uint8)
+            preds[key] = [evaluator.predict(net, s["image"]).argmax(0).numpy().astype(np.uint8) for s in samples]
+    return results, preds, samples
 
 
 # ----------------------------------------------------------------------------- figures
@@ -156,14 +144,13 @@ def draw_bar_chart(miou: dict[str, float], path: Path) -> None:
     cv2.imwrite(str(path), img)
 
 
-def draw_qualitative(samples, preds: dict[str, list[np.ndarray]], palette: np.ndarray, path: Path) -> None:
+def draw_qualitative(samples, preds: dict[str, list[np.ndarray]], layout, path: Path) -> None:
     """Grid: one row per val image; columns image, ground truth, then each network's prediction."""
     cols = ["image", "ground truth", *preds.keys()]
     scale = 2
     cells = []
     for i, sample in enumerate(samples):
-        label = sample["label"].copy()
-        row = [sample["image"], _colorize(label, palette)] + [_colorize(preds[k][i], palette) for k in preds]
+        row = [sample["image"], layout.colorize(sample["label"])] + [layout.colorize(preds[k][i]) for k in preds]
         row = [cv2.resize(c, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for c in row]
         cells.append(row)
     h, w = cells[0][0].shape[:2]
@@ -177,12 +164,6 @@ def draw_qualitative(samples, preds: dict[str, list[np.ndarray]], palette: np.nd
             y, x = head + i * (h + pad), j * (w + pad)
             grid[y:y + h, x:x + w] = cell
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-
-
-def _colorize(index: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    lut = np.full((256, 3), 255, np.uint8)  # ignore (255) -> white
-    lut[: len(palette)] = palette
-    return lut[index]
 
 
 # ----------------------------------------------------------------------------- main
@@ -218,7 +199,7 @@ def main(argv=None) -> dict:
 
     paths = {key: final_network_path(out / key) for key, _, _, _ in STAGES}
     t0 = time.time()
-    results, preds, samples, cfg = evaluate_all(paths, data_root, mode["size"])
+    results, preds, samples = evaluate_all(paths, data_root, mode["size"])
     seconds["evaluation"] = round(time.time() - t0, 1)
     miou = {k: round(100 * r["miou"], 2) for k, r in results.items()}
     summary = {
@@ -235,10 +216,9 @@ def main(argv=None) -> dict:
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = format_table(summary)
     (out / "results.md").write_text(table + "\n")
-    palette = get_layout("synthetic").palette
     draw_bar_chart(miou, out / "miou.png")
     draw_qualitative(samples, {k: preds[k] for k in ("student_supervised", "student_mgd", "teacher_deep", "teacher_wide")},
-                     palette, out / "qualitative.png")
+                     get_layout("synthetic"), out / "qualitative.png")
     print("\n" + table)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'miou.png'}, {out / 'qualitative.png'}")
     return summary
