@@ -147,9 +147,14 @@ def synthetic_config(exp_file=None) -> EasyDict:
     C.eval_crop = 64
     C.eval_batch = 16
     C.global_batch = 8
-    C.lr = 0.01
+    C.lr = 0.03  # from scratch, 416 iterations: 0.03 beat 0.01 (46 vs 40 mIoU) and 0.06-0.2 (36-38)
+    # CPS from random initialisation: early pseudo-labels are noise, and at weight 1 they held a
+    # ResNet-18 at 34 mIoU against 46 supervised; at 0.25 CPS reached 48 (416 iterations).
+    C.lambda_cps = 0.25
     C.weight_decay = 1e-4
-    C.epochs_per_ratio = {"16": 8, "8": 8, "4": 10, "2": 15}
+    # The students' schedule; the teacher folders train longer (their epochs_per_ratio: 10 at 1/8), standing in
+    # for the paper's strong, ImageNet-initialised teachers within the ten-minute CPU budget.
+    C.epochs_per_ratio = {"16": 4, "8": 4, "4": 5, "2": 8}
     C.num_workers = 0
     C.snapshot_last = 1
     C.log_every = 10

@@ -111,6 +111,30 @@ def test_make_synthetic_is_deterministic_and_valid(synthetic_root, tmp_path):
     assert values <= set(range(7)) and 0 in values and len(values) >= 4
 
 
+def test_synthetic_classes_are_texture_and_polarity():
+    """A *_dark class is a thin dark pattern on a lighter base, a *_light class the reverse: inside an object
+    the minority tone (the pattern) is the darker, resp. the lighter one. (Grid lines cover up to half of
+    an object, so grids are left out of this pixel count.)"""
+    layout = get_layout("synthetic")
+    grids = {layout.class_names.index("grid_dark"), layout.class_names.index("grid_light")}
+    seen = set()
+    for index in range(40):
+        image, label = synthetic_tool.render_sample(synthetic_tool._sample_rng(0, "train", index), (64, 64))
+        gray = image.astype(np.float32).mean(axis=2)
+        for cls in set(np.unique(label).tolist()) - {0, *grids}:
+            region = cv2.erode((label == cls).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            if region.sum() < 150:
+                continue  # mostly occluded
+            values = gray[region]
+            low, high = np.percentile(values, [5, 95])
+            dark_share = (values < (low + high) / 2).mean()  # two tones: split halfway between them
+            pattern_is_darker = dark_share < 0.5  # the pattern is the minority tone
+            name = layout.class_names[cls]
+            assert pattern_is_darker == name.endswith("_dark"), (index, name)
+            seen.add(name)
+    assert seen == {"stripes_dark", "stripes_light", "dots_dark", "dots_light"}
+
+
 def test_make_synthetic_cli(tmp_path, capsys):
     assert (
         synthetic_tool.main(

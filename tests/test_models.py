@@ -17,6 +17,7 @@ from furnace.models import (
     OFFICIAL_UNUSED,
     build_model,
     count_parameters,
+    fold_batchnorm,
     load_imagenet_weights,
     load_segmentor,
     read_segmentor_meta,
@@ -158,6 +159,26 @@ def test_batch_of_one_in_train_mode_and_pooling_bn_statistics():
     assert not torch.equal(bn.running_mean, before)  # batch >= 2: ordinary training-mode BN
     net.eval()
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("arch", ["resnet101", "wrn50_2", "mobilenetv2"])
+def test_folded_batchnorm_copy_computes_what_the_eval_network_computes(arch):
+    torch.manual_seed(0)
+    net = build_model(arch, 5, verbose=False, **SMALL)
+    for m in net.modules():  # statistics far from the identity, so folding them wrongly shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.3, 0.3)
+    folded = fold_batchnorm(net)
+    bns = [n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 and all("aspp" in n for n in bns)  # only the BNs after the ASPP concatenation stay
+    x = torch.randn(2, 3, 48, 64)
+    with torch.inference_mode():
+        (logits, feature), (f_logits, f_feature) = net.eval()(x, return_feature=True), folded(x, return_feature=True)
+        assert torch.allclose(folded(x), f_logits)
+    for a, b in ((logits, f_logits), (feature, f_feature)):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    assert sum(p.numel() for p in folded.parameters()) < sum(p.numel() for p in net.parameters())
 
 
 def test_head_initialisation():

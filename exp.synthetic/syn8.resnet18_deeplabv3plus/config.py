@@ -1,6 +1,6 @@
 """Synthetic demo, 1/8 labeled, MGD student: ResNet-18 distilled from the two CPS teachers.
 
-The shared demo recipe (small networks, 96 px crops, schedule) is furnace.config.synthetic_config;
+The shared demo recipe (small networks, 64 px crops, schedule) is furnace.config.synthetic_config;
 this file states what differs. Override anything on the command line: `python train.py KEY=VALUE`.
 """
 from furnace.config import synthetic_config

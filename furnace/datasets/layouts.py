@@ -96,15 +96,15 @@ CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
 # Official labelId -> trainId; every other id (unlabeled, ego vehicle, ..., license plate) is void (255).
 CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in enumerate(_CITY_TABLE)}
 
-# Background, then {circle, square, triangle} x {striped, dotted}: (name, colour).
+# Background, then {striped, dotted, grid} x {dark pattern on a light base, light pattern on a dark base}.
 _SYNTHETIC_TABLE = (
     ("background", (0, 0, 0)),
-    ("circle_striped", (230, 25, 75)),
-    ("circle_dotted", (245, 130, 48)),
-    ("square_striped", (60, 180, 75)),
-    ("square_dotted", (0, 130, 200)),
-    ("triangle_striped", (145, 30, 180)),
-    ("triangle_dotted", (240, 50, 230)),
+    ("stripes_dark", (230, 25, 75)),
+    ("stripes_light", (245, 130, 48)),
+    ("dots_dark", (60, 180, 75)),
+    ("dots_light", (0, 130, 200)),
+    ("grid_dark", (145, 30, 180)),
+    ("grid_light", (240, 50, 230)),
 )
 SYNTHETIC_CLASSES = tuple(name for name, _ in _SYNTHETIC_TABLE)
 SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)

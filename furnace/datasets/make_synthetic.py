@@ -2,14 +2,15 @@
 
     python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0
 
-Seven classes: background and {circle, square, triangle} × {striped, dotted} — the class depends on
-shape AND texture. Object colours are random (never tied to the class; the stripes or dots are a dark
-shade of the object's colour, so the texture reads the same whatever the hue); objects vary in scale
-and rotation and may overlap (the later one occludes, labels follow). Backgrounds are cluttered: a
-smooth, half-desaturated random colour field, distractor strokes, elongated ellipses and spiky stars
-(a few of them striped or dotted, so texture alone does not decide the class), and thin strokes over
-the objects (labelled background). Blur, noise and JPEG compression finish each image. The module
-constants below are the difficulty knobs.
+Seven classes: background and {striped, dotted, grid} × {dark pattern on a light base, light pattern
+on a dark base} — the class depends on the texture AND on its polarity, both local cues, so a small
+network trained from scratch can learn them within a CPU budget, while 1/8 of the labels is not enough
+to learn them well. Objects are circles, squares and triangles (the shape carries no class) of random
+colour, scale and rotation, and may overlap (the later one occludes, labels follow). Backgrounds are
+cluttered: a smooth, half-desaturated random colour field, solid distractor shapes, checkerboard
+distractors (textured, but background), strokes, and thin strokes over the objects (labelled
+background). Blur, noise and JPEG compression finish each image. The module constants below are the
+difficulty knobs.
 
 Layout (as VOC): ``train_aug/{image,label}``, ``val/{image,label}``, ``train_aug.txt``, ``val.txt``
 and ``subset_train_aug/train_aug_{labeled,unlabeled}_1-{16,8,4,2}.txt`` (:mod:`make_splits`, same seed).
@@ -37,29 +38,20 @@ JPEG_QUALITY = 90
 OBJECTS_PER_IMAGE = (1, 3)
 OBJECT_RADIUS = (0.22, 0.4)
 CLUTTER_PER_IMAGE = (0, 3)
-TEXTURED_DISTRACTOR_P = 0.1  # share of background distractors that carry a stripe/dot texture
+CHECKER_DISTRACTOR_P = 0.3  # share of background distractors drawn as a checkerboard
 TOP_STROKES = (0, 2)  # thin background strokes drawn over the objects
 NOISE_SIGMA = (2.0, 5.0)
 BACKGROUND_SATURATION = 0.5  # 0 = grey backgrounds, 1 = fully random colours
 BLUR_SIGMA_MAX = 0.8
 # Texture scales, fractions of the shorter side: coarse enough to survive the 0.5x training scale.
-STRIPE_PERIOD = (0.12, 0.18)
-DOT_SPACING = (0.13, 0.18)
-ROTATION_MAX = 180.0  # degrees away from the upright pose of squares and triangles
-DARK_PATTERN = True  # pattern in a dark shade of the object's colour (False: two unrelated colours)
+TEXTURE_PERIOD = (0.13, 0.2)
+LINE_FRACTION = (0.25, 0.4)  # stripe / grid-line width and dot diameter, fractions of the period
+PATTERN_CONTRAST = (0.55, 0.8)  # how far the pattern shade moves from the base towards black or white
 _SPLIT_TAGS = {"train": 1, "val": 2}
 
 
 def _color(rng) -> np.ndarray:
     return rng.integers(0, 256, 3).astype(np.float32)
-
-
-def _contrasting_pair(rng) -> tuple[np.ndarray, np.ndarray]:
-    a = _color(rng)
-    while True:
-        b = _color(rng)
-        if np.abs(a - b).sum() > 150:
-            return a, b
 
 
 class _Canvas:
@@ -70,40 +62,48 @@ class _Canvas:
         self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32)
         self.unit = min(h, w)
 
-    def texture(self, rng, kind: int) -> np.ndarray:
-        """(h, w, 3) float32: stripes (kind 0) or dots (kind 1) with random colour, orientation and
-        period (see DARK_PATTERN)."""
-        if DARK_PATTERN:
-            a = _color(rng) * 0.6 + 100.0  # a light base and the pattern in a dark shade of it
-            b = a * 0.3
-        else:
-            a, b = _contrasting_pair(rng)
+    def _frame(self, rng) -> tuple[np.ndarray, np.ndarray, float]:
+        """Rotated coordinates (u, v) and a period, both random."""
         theta = rng.uniform(0, math.pi)
         cos, sin = math.cos(theta), math.sin(theta)
-        u = self.xx * cos + self.yy * sin
+        u = self.xx * cos + self.yy * sin + rng.uniform(0, 100)
+        v = -self.xx * sin + self.yy * cos + rng.uniform(0, 100)
+        return u, v, max(4.0, rng.uniform(*TEXTURE_PERIOD) * self.unit)
+
+    def texture(self, rng, kind: int, light: bool) -> np.ndarray:
+        """(h, w, 3) float32: stripes (kind 0), dots (1) or a grid of lines (2), thin pattern in a random
+        hue; ``light``: a light pattern on a dark base, else a dark pattern on a light base."""
+        u, v, period = self._frame(rng)
+        width = period * rng.uniform(*LINE_FRACTION)
+        du, dv = np.mod(u, period), np.mod(v, period)
         if kind == 0:
-            period = max(4.0, rng.uniform(*STRIPE_PERIOD) * self.unit)
-            on = np.mod(u, period) < period * rng.uniform(0.4, 0.6)
+            on = du < width
+        elif kind == 1:
+            du, dv = du - period / 2, dv - period / 2
+            on = du * du + dv * dv < (width / 2 + 0.5) ** 2
         else:
-            spacing = max(5.0, rng.uniform(*DOT_SPACING) * self.unit)
-            radius = spacing * rng.uniform(0.25, 0.35)
-            v = -self.xx * sin + self.yy * cos
-            du = np.mod(u, spacing) - spacing / 2
-            dv = np.mod(v, spacing) - spacing / 2
-            on = du * du + dv * dv < radius * radius
-        return np.where(on[..., None], b, a)
+            on = (du < width * 0.7) | (dv < width * 0.7)
+        hue = _color(rng)
+        contrast = rng.uniform(*PATTERN_CONTRAST)
+        if light:
+            base = hue * 0.35
+            pattern = base + (255.0 - base) * contrast
+        else:
+            base = hue * 0.5 + 110.0
+            pattern = base * (1.0 - contrast)
+        return np.where(on[..., None], pattern, base)
+
+    def checker(self, rng) -> np.ndarray:
+        """(h, w, 3) float32 checkerboard of two random colours (a background distractor)."""
+        u, v, period = self._frame(rng)
+        on = (np.mod(u, 2 * period) < period) ^ (np.mod(v, 2 * period) < period)
+        return np.where(on[..., None], _color(rng), _color(rng))
 
     def background(self, rng) -> np.ndarray:
         """Smooth random colour field (h, w, 3) float32."""
         grid = rng.uniform(30, 225, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
         grid = BACKGROUND_SATURATION * grid + (1 - BACKGROUND_SATURATION) * grid.mean(axis=2, keepdims=True)
         return cv2.resize(grid, (self.w, self.h), interpolation=cv2.INTER_CUBIC)
-
-
-def _angle(rng, shape: int) -> float:
-    """Rotation of a shape: the upright pose (a corner up) turned by at most ROTATION_MAX degrees."""
-    upright = -math.pi / 2 if shape == 2 else math.pi / 4
-    return upright + math.radians(rng.uniform(-ROTATION_MAX, ROTATION_MAX))
 
 
 def _shape_mask(h: int, w: int, shape: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -161,16 +161,16 @@ def render_sample(rng: np.random.Generator, size=(DEFAULT_SIZE, DEFAULT_SIZE)) -
             _strokes(image, rng, 1, unit)
             continue
         mask = _distractor_mask(h, w, rng, unit).astype(bool)
-        fill = canvas.texture(rng, int(rng.integers(2))) if rng.random() < TEXTURED_DISTRACTOR_P else _color(rng)
-        image[mask] = fill[mask] if np.ndim(fill) == 3 else fill
+        image[mask] = canvas.checker(rng)[mask] if rng.random() < CHECKER_DISTRACTOR_P else _color(rng)
 
     for _ in range(int(rng.integers(*OBJECTS_PER_IMAGE))):  # objects
         cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
-        shape, texture = (cls - 1) // 2, (cls - 1) % 2
+        kind, light = (cls - 1) // 2, (cls - 1) % 2 == 1
+        shape = int(rng.integers(3))
         r = rng.uniform(*OBJECT_RADIUS) * unit
         cx, cy = rng.uniform(0.5 * r, w - 0.5 * r), rng.uniform(0.5 * r, h - 0.5 * r)
-        mask = _shape_mask(h, w, shape, cx, cy, r, _angle(rng, shape)).astype(bool)
-        image[mask] = canvas.texture(rng, texture)[mask]
+        mask = _shape_mask(h, w, shape, cx, cy, r, rng.uniform(0, 2 * math.pi)).astype(bool)
+        image[mask] = canvas.texture(rng, kind, light)[mask]
         label[mask] = cls
 
     _strokes(image, rng, int(rng.integers(*TOP_STROKES)), unit, label)
@@ -233,8 +233,8 @@ def generate(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m furnace.datasets.make_synthetic",
-        description="Write the synthetic VOC-shaped dataset (7 classes: background + {circle, square, triangle} x "
-        "{striped, dotted}) with its lists and 1/16..1/2 partitions. Deterministic given --seed.",
+        description="Write the synthetic VOC-shaped dataset (7 classes: background + {stripes, dots, grid} x "
+        "{dark, light pattern}) with its lists and 1/16..1/2 partitions. Deterministic given --seed.",
     )
     parser.add_argument("--root", required=True, help="dataset folder to write, e.g. DATA/synthetic")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")

@@ -12,6 +12,7 @@ from ..losses import (
     semantic_sensitive_loss,
     supervised_loss,
 )
+from ..models import fold_batchnorm
 from .base import Method, build_network, check_pretrained, load_teacher
 
 
@@ -32,11 +33,14 @@ class MGD(Method):
         self.add_frozen("teacher_deep", load_teacher(cfg, "teacher_deep"))
         self.add_frozen("teacher_wide", load_teacher(cfg, "teacher_wide"))
         if cfg.mgd_impl == "batched":
-            # The teachers only ever infer. channels_last is the layout oneDNN (CPU) and cuDNN run
-            # inference convolutions fastest in (measured on CPU: 1.2-1.5x for the teacher passes); it
-            # changes how the weights are stored, not what they compute. The student's layout is
-            # cfg.channels_last's business (the trainer converts the whole method when it is set).
-            for teacher in self._frozen.values():
+            # The teachers only ever infer. With eval-mode BN (the default) each BatchNorm is folded
+            # into the convolution before it, and the weights are stored channels_last, the layout
+            # oneDNN (CPU) and cuDNN run inference convolutions fastest in. Neither changes what the
+            # teachers compute beyond float rounding. The student's layout is cfg.channels_last's
+            # business (the trainer converts the whole method when it is set).
+            for name, teacher in list(self._frozen.items()):
+                if cfg.teacher_bn == "eval":
+                    teacher = self.add_frozen(name, fold_batchnorm(teacher))
                 teacher.to(memory_format=torch.channels_last)
         self._teacher_calls: dict = {}  # compiled teacher forwards, see compile_teachers()
         self.train()

@@ -19,12 +19,12 @@ from .checkpoint import (
     read_segmentor_meta,
     save_segmentor,
 )
-from .deeplabv3plus import DeepLabV3Plus, build_network, count_parameters
+from .deeplabv3plus import DeepLabV3Plus, build_network, count_parameters, fold_batchnorm
 
 __all__ = [
     "ARCHS", "OFFICIAL_UNUSED", "SEGMENTOR_FORMAT", "DeepLabV3Plus", "LoadReport", "build_backbone",
     "build_model", "build_network", "convert_official", "count_parameters", "default_output_stride",
-    "dilate_block", "load_imagenet_weights", "load_segmentor", "read_segmentor_meta", "save_segmentor",
+    "dilate_block", "fold_batchnorm", "load_imagenet_weights", "load_segmentor", "read_segmentor_meta", "save_segmentor",
 ]
 
 

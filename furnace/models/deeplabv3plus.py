@@ -175,3 +175,29 @@ def build_network(arch: str, num_classes: int, *, output_stride: int = 0, width_
         "head_channels": int(head_channels),
     }
     return model
+
+
+class _FoldedSegmentor(nn.Module):
+    """Calls like a DeepLabV3Plus; runs the traced, BN-folded graph of its ``forward(x, True)``."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor, return_feature: bool = False):
+        logits, feature = self.graph(x, True)
+        return (logits, feature) if return_feature else logits
+
+
+def fold_batchnorm(network: DeepLabV3Plus) -> nn.Module:
+    """An inference-only copy of ``network`` with every BatchNorm that follows a convolution folded into it.
+
+    Uses the eval-mode statistics, so the copy computes what ``network.eval()`` computes (to float
+    rounding, ~1e-6 relative) with about a hundred fewer passes over the activations for a ResNet-101.
+    It is called like the network (``copy(x, return_feature=True)`` -> ``(logits, feature)``) and holds
+    a ``torch.fx`` graph; the BNs after the ASPP concatenation stay.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    graph = torch.fx.symbolic_trace(network.eval(), concrete_args={"return_feature": True})
+    return _FoldedSegmentor(fuse(graph, inplace=False, no_trace=True)).eval()
