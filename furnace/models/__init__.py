@@ -19,7 +19,12 @@ from .checkpoint import (
     read_segmentor_meta,
     save_segmentor,
 )
-from .deeplabv3plus import DeepLabV3Plus, build_network, count_parameters, fold_batchnorm
+from .deeplabv3plus import (
+    DeepLabV3Plus,
+    build_network,
+    count_parameters,
+    fold_batchnorm,
+)
 
 __all__ = [
     "ARCHS", "OFFICIAL_UNUSED", "SEGMENTOR_FORMAT", "DeepLabV3Plus", "LoadReport", "build_backbone",

@@ -12,7 +12,8 @@ Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
 * ``mgd_step``: one MGD training iteration (forward, backward, SGD update) at ``--batch`` x ``--crop``,
   two ways on the same batch and the same initial weights: the *reference* path (mgd_impl="reference":
   each teacher called on x_l, u0, u1 and x_m separately, fp32, NCHW) and the *optimized* path
-  (mgd_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers;
+  (mgd_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers
+  whose BatchNorms are folded into their convolutions;
   on CUDA also a channels_last student and bf16 autocast; on a CPU the student stays NCHW, whose oneDNN
   backward is faster there; ``--compile`` optional). Steps of the two paths alternate, so a machine
   whose load changes during the run slows both alike. Reported: median step time after warm-up
