@@ -165,10 +165,16 @@ class DatasetLayout:
     def colorize(self, label: np.ndarray) -> np.ndarray:
         """Colour image (H, W, 3) uint8 RGB of an index map (H, W); ignore and unknown values get
         ``ignore_color``."""
-        lut = np.empty((256, 3), np.uint8)
-        lut[:] = self.ignore_color
-        lut[: self.num_classes] = self.palette[: self.num_classes]
-        return lut[np.asarray(label, dtype=np.uint8)]
+        return colorize(label, self.palette[: self.num_classes], self.ignore_color)
+
+
+def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB with ``palette``; indices past it (255 = ignore) get ``fill``."""
+    lut = np.empty((256, 3), np.uint8)
+    lut[:] = fill
+    n = min(len(palette), 255)
+    lut[:n] = np.asarray(palette, np.uint8)[:n]
+    return lut[np.asarray(index_map, np.uint8)]
 
 
 _VOC_LIKE = dict(

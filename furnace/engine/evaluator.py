@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..datasets.layouts import colorize, get_layout
 from ..utils import UserError
 from . import dist
 from .checkpoint import preserved_cpu_rng
@@ -98,31 +99,17 @@ def default_palette(n: int = 256) -> np.ndarray:
 def dataset_meta(cfg) -> tuple[list[str], np.ndarray]:
     """``(class_names, palette)`` for ``cfg.dataset`` from ``furnace.datasets.get_layout``.
 
-    Generic names (``class_<i>``) and the bit-interleaved palette stand in when the datasets package
-    is not importable or its class list does not have ``cfg.num_classes`` entries.
+    Generic names (``class_<i>``) and the bit-interleaved palette stand in when the layout's class
+    list does not have ``cfg.num_classes`` entries.
     """
     names = [f"class_{i}" for i in range(cfg.num_classes)]
     palette = default_palette(max(cfg.num_classes, 1))
-    try:
-        from furnace.datasets import get_layout
-    except ImportError as err:
-        if not (err.name or "furnace").startswith("furnace"):
-            raise
-        return names, palette
     layout = get_layout(cfg.dataset)
     if len(layout.class_names) == cfg.num_classes:
         names = list(layout.class_names)
     if len(layout.palette) >= cfg.num_classes:
         palette = np.asarray(layout.palette, np.uint8)
     return names, palette
-
-
-def colorize(index_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """HxW class indices -> HxWx3 uint8 RGB with ``palette``; indices past it (255 = ignore) are white."""
-    lut = np.full((256, 3), 255, np.uint8)
-    n = min(len(palette), 255)
-    lut[:n] = np.asarray(palette, np.uint8)[:n]
-    return lut[np.asarray(index_map, np.uint8)]
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -126,7 +126,7 @@ class TrainLogger:
         """
         if not self.enabled:
             return
-        from .evaluator import colorize
+        from ..datasets.layouts import colorize
 
         rgb = denormalize(images)
         for i in range(rgb.shape[0]):
