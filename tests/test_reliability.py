@@ -637,3 +637,43 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_file_and_names_i
         load_segmentor(ck / "epoch-1.pth")
         assert ckpt.load_training_state(ck / "latest.pth")["global_iter"] == 5  # written before the snapshot
         assert not list(ck.glob("*.tmp"))
+
+
+@pytest.mark.timeout(120, method="thread")  # before the fix a dead TensorBoard writer thread blocked training forever
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_full_disk_while_logging_turns_the_logs_off_and_training_goes_on(workspace, capsys, monkeypatch):
+    import tensorboardX.event_file_writer as tb_writer
+
+    from furnace.engine import logger as logger_module
+
+    data, out, _ = workspace
+
+    first_event = tb_writer.EventsWriter.write_event
+
+    def no_space(writer, event):  # the writer's opening event (written by its constructor) fits, nothing after
+        if not getattr(writer, "wrote_one", False):
+            writer.wrote_one = True
+            return first_event(writer, event)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    room = (out / "log.txt").stat().st_size  # the earlier 2-iteration run's log fits, this 10-iteration one not
+
+    def filling_open(path, *args, **kwargs):
+        return _FillingFile(open(path, *args, **kwargs), limit=room)
+
+    monkeypatch.setattr(tb_writer.EventsWriter, "write_event", no_space)
+    monkeypatch.setattr(logger_module, "open", filling_open, raising=False)
+    # 2 epochs of 5 iterations, a log line (3 scalars) every iteration and 9 scalars per evaluation:
+    # more events than the writer's queue holds
+    result = train_main(tiny_config(data, out / "again"), ["epochs=2"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, err
+    assert any(line.startswith(f"warning: {out / 'again' / 'log.txt'}: writing the log failed (OSError: "
+                               "[Errno 28] No space left on device)") for line in warnings), warnings
+    assert any(line.startswith(f"warning: {out / 'again' / 'tb'}: writing the log failed") for line in warnings)
+    assert all("training goes on" in line for line in warnings)
+    state = ckpt.load_training_state(out / "again" / "checkpoints" / "latest.pth")
+    assert state["global_iter"] == 10 and result["miou"] >= 0
+    assert 0 < (out / "again" / "log.txt").stat().st_size <= room

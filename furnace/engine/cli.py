@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 from ..config import apply_overrides, resolve_config
 from ..utils import UserError
 from . import checkpoint as ckpt
@@ -185,7 +187,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         cfg = apply_overrides(copy.deepcopy(config), args.overrides)
         # resolved for one process: evaluation shards the val list, it never splits global_batch
         cfg = resolve_config(cfg)
-        rank, world, device = dist.setup(cfg.device)
+        _rank, world, device = dist.setup(cfg.device)
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
         if val_dataset is None:
             from furnace.datasets import build_val_dataset
@@ -200,6 +202,8 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         results, metrics = {}, {}
         for epoch, path in chosen:
             net = ckpt.load_snapshot(path, map_location=device).to(device)
+            if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
+                net = net.to(memory_format=torch.channels_last)
             pred_dir = None
             if args.save_pred:
                 pred_dir = Path(args.save_pred) / path.stem if len(chosen) > 1 else Path(args.save_pred)

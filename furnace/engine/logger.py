@@ -1,13 +1,18 @@
 """What a run reports: a tqdm bar (rank 0), ``log.txt`` and TensorBoard (``tb/``) in the run directory.
 
 Every method is a no-op on ranks other than 0, so the training loop calls them unconditionally.
+A log that cannot be written (full disk, a vanished mount) never stops or stalls training: the
+sink that failed is switched off with one warning on stderr, and the next checkpoint write — which
+is atomic and reports its own failure — decides whether the run can go on.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, config_to_dict
+from ..utils import UserError
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -51,10 +57,64 @@ class TrainLogger:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._file = open(out / "log.txt", "a", encoding="utf-8")
+        self._file_path, self._tb_dir = out / "log.txt", out / "tb"
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(str(out / "tb"))
+        try:
+            self._file = open(self._file_path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
+            self._tb = SummaryWriter(str(self._tb_dir))
+        except OSError as err:
+            if self._file is not None:
+                self._file.close()
+            raise UserError(f"{out}: cannot write the run's logs there ({type(err).__name__}: {err}); free disk "
+                            f"space, fix permissions or choose another output_dir=") from err
+
+    # -- sinks that may fail
+    def _warn_off(self, what, err: BaseException) -> None:
+        message = (f"warning: {what}: writing the log failed ({type(err).__name__}: {err}); it is off for the rest "
+                   f"of this run and training goes on. Free disk space before the next checkpoint is written "
+                   f"(checkpoints are atomic: a failed write keeps the previous file and stops with an error)")
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def _write(self, text: str) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as err:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            self._warn_off(self._file_path, err)
+
+    def _tb_alive(self) -> bool:
+        """False once TensorBoard writing failed. tensorboardX writes events in a background thread
+        that dies on an I/O error, after which its bounded queue fills and the next ``add_*`` call
+        would block forever; so the thread is checked before every call."""
+        if self._tb is None:
+            return False
+        writer = getattr(getattr(self._tb, "file_writer", None), "event_writer", None)
+        worker = getattr(writer, "_worker", None)
+        if worker is None or worker.is_alive():
+            return True
+        self._tb = None  # never close(): its shutdown message would wait on the full queue
+        self._warn_off(self._tb_dir, OSError("the event writer thread stopped (see its traceback above)"))
+        return False
+
+    def _tb_call(self, method: str, *args, **kwargs) -> None:
+        if not self._tb_alive():
+            return
+        try:
+            getattr(self._tb, method)(*args, **kwargs)
+        except OSError as err:
+            self._tb = None
+            self._warn_off(self._tb_dir, err)
 
     # -- text
     def info(self, message: str) -> None:
@@ -68,17 +128,14 @@ class TrainLogger:
         else:
             print(message, flush=True)
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        for line in message.splitlines() or [""]:
-            self._file.write(f"[{stamp}] {line}\n")
-        self._file.flush()
+        self._write("".join(f"[{stamp}] {line}\n" for line in message.splitlines() or [""]))
 
     def log_config(self, cfg) -> None:
         """The resolved config, in full, to log.txt (console gets one line)."""
         if not self.enabled:
             return
         text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True, default=str)
-        self._file.write(f"config:\n{text}\n")
-        self._file.flush()
+        self._write(f"config:\n{text}\n")
         self.info(f"run directory {cfg.output_dir}; config written to log.txt")
 
     # -- training progress
@@ -108,9 +165,9 @@ class TrainLogger:
         means = {k: float(np.mean(v)) for k, v in self._window.items()}
         self._window = {}
         for k, v in means.items():
-            self._tb.add_scalar(f"train/{k}", v, global_iter)
-        self._tb.add_scalar("train/lr", lr, global_iter)
-        self._tb.add_scalar("train/images_per_s", images_per_s, global_iter)
+            self._tb_call("add_scalar", f"train/{k}", v, global_iter)
+        self._tb_call("add_scalar", "train/lr", lr, global_iter)
+        self._tb_call("add_scalar", "train/images_per_s", images_per_s, global_iter)
         done = global_iter - self.start_iter
         elapsed = time.time() - self._t0
         eta = elapsed / done * (self.total_iters - global_iter) if done > 0 else float("nan")
@@ -132,7 +189,7 @@ class TrainLogger:
         for i in range(rgb.shape[0]):
             row = np.concatenate([rgb[i], colorize(labels[i].cpu().numpy(), palette),
                                   colorize(preds[i].cpu().numpy(), palette)], axis=1)
-            self._tb.add_image(f"train/prediction_{i}", row, global_iter, dataformats="HWC")
+            self._tb_call("add_image", f"train/prediction_{i}", row, global_iter, dataformats="HWC")
 
     def evaluation(self, result: dict, step: int, prefix: str = "val") -> None:
         """mIoU, pixel accuracy and per-class IoU (tagged with class names) to TB, the table to log.txt."""
@@ -140,12 +197,12 @@ class TrainLogger:
             return
         from .evaluator import format_results
 
-        self._tb.add_scalar(f"{prefix}/miou", result["miou"], step)
-        self._tb.add_scalar(f"{prefix}/pixel_acc", result["pixel_acc"], step)
+        self._tb_call("add_scalar", f"{prefix}/miou", result["miou"], step)
+        self._tb_call("add_scalar", f"{prefix}/pixel_acc", result["pixel_acc"], step)
         for name, iou in zip(result["class_names"], result["iou"]):
             if math.isfinite(iou):
-                self._tb.add_scalar(f"{prefix}/iou/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}", iou, step)
-        self._tb.flush()
+                self._tb_call("add_scalar", f"{prefix}/iou/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}", iou, step)
+        self._tb_call("flush")
         self.info(format_results(result))
 
     def close_bar(self) -> None:
@@ -155,9 +212,9 @@ class TrainLogger:
 
     def close(self) -> None:
         self.close_bar()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self._tb_call("close")
+        self._tb = None
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
