@@ -18,6 +18,26 @@ class UserError(Exception):
     """
 
 
+# A UserError raised in a DataLoader worker would reach the main process wrapped in a traceback
+# dump; datasets read by workers return it as an item instead, and the consumer re-raises it.
+_ERROR_KEY = "__error__"
+
+
+def user_error_as_item(get, index) -> dict:
+    """``get(index)``, or ``{"__error__": message}`` when it raises a UserError (worker side)."""
+    try:
+        return get(index)
+    except UserError as err:
+        return {_ERROR_KEY: str(err)}
+
+
+def raise_item_error(item: dict) -> dict:
+    """Re-raise a UserError that :func:`user_error_as_item` returned, with its message intact; else ``item``."""
+    if _ERROR_KEY in item:
+        raise UserError(item[_ERROR_KEY])
+    return item
+
+
 class _KeepWriteError:
     """A binary file that remembers the first OSError of ``write``: torch.save turns a failed write
     of a file object into an opaque RuntimeError ("unexpected pos ..."), losing the cause (a full

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..utils import UserError
+from ..utils import UserError, raise_item_error, user_error_as_item
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
 from .layouts import dataset_dir, get_layout, read_list, require_split_lists, split_paths
@@ -99,12 +99,7 @@ class _EpochBatches(Dataset):
         )
 
     def __getitem__(self, k: int) -> dict:
-        try:
-            return self._build(k)
-        except UserError as err:
-            # Returned, not raised: a worker's exception would reach the main process wrapped in a
-            # traceback dump; TrainLoader re-raises this message unchanged.
-            return {"__error__": str(err)}
+        return user_error_as_item(self._build, k)  # _EpochIterator re-raises it unchanged
 
     def _build(self, k: int) -> dict:
         images, labels = [], []
@@ -142,9 +137,7 @@ class _EpochIterator:
 
     def __iter__(self):
         for batch in self._data_loader:
-            if "__error__" in batch:
-                raise UserError(batch["__error__"])
-            yield batch
+            yield raise_item_error(batch)
 
 
 class TrainLoader:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.layouts import colorize, get_layout
-from ..utils import UserError
+from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
 from .checkpoint import preserved_cpu_rng
 
@@ -169,9 +169,9 @@ def _identity(sample):
 
 
 class _Samples(torch.utils.data.Dataset):
-    """``dataset[i]`` for ``i`` in ``indices``, with a UserError (a bad val file) returned as
-    ``{"__error__": message}``: raised in a loader worker it would reach the main process wrapped in
-    a traceback dump instead of the one-line message that names the file."""
+    """``dataset[i]`` for ``i`` in ``indices``, a UserError (a bad val file) returned as an item
+    (:func:`furnace.utils.user_error_as_item`) so the one-line message that names the file survives
+    a loader worker."""
 
     def __init__(self, dataset, indices):
         self.dataset, self.indices = dataset, indices
@@ -180,10 +180,7 @@ class _Samples(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
-        try:
-            return self.dataset[self.indices[i]]
-        except UserError as err:
-            return {"__error__": str(err)}
+        return user_error_as_item(self.dataset.__getitem__, self.indices[i])
 
 
 def _safe_name(name: str) -> str:
@@ -307,8 +304,7 @@ class Evaluator:
 
                     loader = tqdm(loader, total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0)
                 for sample in loader:
-                    if "__error__" in sample:
-                        raise UserError(sample["__error__"])
+                    sample = raise_item_error(sample)
                     pred = self.predict(network, sample["image"]).argmax(0)
                     gt = torch.from_numpy(np.asarray(sample["label"])).to(self.device)
                     if gt.shape != pred.shape:
