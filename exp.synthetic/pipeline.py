@@ -36,7 +36,7 @@ STAGES = [
     ("student_mgd", "syn8.resnet18_deeplabv3plus", "ResNet-18, MGD", ("teacher_deep", "teacher_wide")),
 ]
 # Dataset and schedule of the two modes; everything else is the experiment folders' config.
-FULL = {"num_train": 480, "num_val": 120, "size": 64, "overrides": []}
+FULL = {"num_train": 480, "num_val": 600, "size": 64, "overrides": []}
 QUICK = {"num_train": 96, "num_val": 24, "size": 48, "overrides": ["epochs=2", "crop_size=48", "eval_crop=48"]}
 
 
