@@ -103,9 +103,12 @@ class TrainLogger:
         worker = getattr(writer, "_worker", None)
         if worker is None or worker.is_alive():
             return True
-        self._tb = None  # never close(): its shutdown message would wait on the full queue
-        self._warn_off(self._tb_dir, OSError("the event writer thread stopped (see its traceback above)"))
+        self._tb_off(OSError("the event writer thread stopped (see its traceback above)"))
         return False
+
+    def _tb_off(self, err: OSError) -> None:
+        self._tb = None  # never close(): its shutdown message would wait on the writer's full queue
+        self._warn_off(self._tb_dir, err)
 
     def _tb_call(self, method: str, *args, **kwargs) -> None:
         if not self._tb_alive():
@@ -113,8 +116,7 @@ class TrainLogger:
         try:
             getattr(self._tb, method)(*args, **kwargs)
         except OSError as err:
-            self._tb = None
-            self._warn_off(self._tb_dir, err)
+            self._tb_off(err)
 
     # -- text
     def info(self, message: str) -> None:
