@@ -6,7 +6,7 @@
 2. trains the deep (ResNet-101 family) and the wide (WRN-50-2 family) teachers with CPS + CutMix,
 3. trains the baselines — a supervised-only ResNet-18 student and a CPS ResNet-18 student,
 4. distills the ResNet-18 student with MGD from the two frozen teachers,
-5. evaluates every network on the val set and writes results.json, results.md, miou.png, qualitative.png.
+5. collects every network's val mIoU (each run evaluates its final network) and writes results.json, results.md, miou.png, qualitative.png.
 
 Each stage is the experiment folder beside this file run as ``python train.py`` (a real training run
 with checkpoints and logs under ``OUT/<stage>/``). Re-running skips finished stages and resumes an
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,8 +98,26 @@ def final_network_path(stage_dir: Path) -> Path:
     return snaps[-1]
 
 
+def _percent(v) -> float | None:
+    return round(100 * v, 2) if isinstance(v, float) and math.isfinite(v) else None
+
+
+def stage_result(snapshot: Path, eval_settings: dict) -> dict | None:
+    """The val metrics the stage's own run recorded for ``snapshot`` (its final evaluation, in
+    ``checkpoints/eval_results.json``), or None if it has none made with ``eval_settings``."""
+    try:
+        entry = json.loads((snapshot.parent / "eval_results.json").read_text())["results"][snapshot.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if entry.get("eval") != eval_settings or not isinstance(entry.get("miou"), float):
+        return None
+    return {"miou": entry["miou"], "iou": entry["iou"]}
+
+
 def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
-    """mIoU of each network on the val set, and its predictions of a few val images for the figure."""
+    """mIoU and per-class IoU of each network on the val set, and its predictions of a few val images
+    for the figure. Each training run already evaluated its final network on this val set with these
+    settings; that result is reused, and a network without one is evaluated here."""
     import torch
 
     from furnace.config import resolve_config, synthetic_config
@@ -110,13 +129,17 @@ def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
     cfg.data_root = str(data_root)
     cfg.eval_crop = size
     cfg = resolve_config(cfg)
+    settings = {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)}
     dataset = build_val_dataset(cfg)
     samples = [dataset[i] for i in range(4)]
     evaluator = Evaluator(cfg, torch.device("cpu"))
     results, preds = {}, {}
     for key, path in paths.items():
         net = load_segmentor(path)
-        results[key] = evaluate(net, dataset, cfg, device=torch.device("cpu"))
+        results[key] = stage_result(path, settings)
+        if results[key] is None:
+            res = evaluate(net, dataset, cfg, device=torch.device("cpu"))
+            results[key] = {"miou": res["miou"], "iou": dict(zip(res["class_names"], res["iou"]))}
         with torch.inference_mode():
             preds[key] = [evaluator.predict(net, s["image"]).argmax(0).numpy().astype(np.uint8) for s in samples]
     return results, preds, samples
@@ -210,7 +233,7 @@ def main(argv=None) -> dict:
         "labeled_ratio": 8,
         "seed": args.seed,
         "quick": args.quick,
-        "per_class_iou": {k: dict(zip(r["class_names"], [round(100 * v, 2) for v in r["iou"]]))
+        "per_class_iou": {k: {name: _percent(v) for name, v in r["iou"].items()}
                           for k, r in results.items()},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -29,6 +29,9 @@ def test_train_main_applies_overrides_and_resumes(tmp_path):
     res = train_main(cfg, ["max_iters=5", "snapshot_last=3"], **toy_kwargs(cfg))
     assert res["global_iter"] == 5 and res["total_iters"] == 12
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*.pth")) == ["epoch-1.pth", "epoch-2.pth"]
+    # the run's final evaluation is recorded beside the snapshot it evaluated
+    recorded = json.loads((tmp_path / "checkpoints" / "eval_results.json").read_text())
+    assert recorded["last"] == "epoch-2.pth" and recorded["results"]["epoch-2.pth"]["miou"] == res["miou"]
     res = train_main(cfg, ["--resume", "auto", "max_iters=6"], **toy_kwargs(cfg))
     assert res["global_iter"] == 6
     assert cfg.max_iters == 0  # the caller's config is not modified

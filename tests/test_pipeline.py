@@ -22,6 +22,11 @@ def test_synthetic_pipeline_quick_runs_every_stage_and_skips_them_on_rerun(tmp_p
     assert set(results["miou"]) == expected
     assert all(0.0 <= v <= 100.0 for v in results["miou"].values())
     assert expected <= set(results["seconds"])
+    # each stage's run evaluated its final network on the val set; the table reports those evaluations
+    for key in expected:
+        recorded = json.loads((out / key / "checkpoints" / "eval_results.json").read_text())
+        assert recorded["last"] == "epoch-2.pth"
+        assert results["miou"][key] == round(100 * recorded["results"]["epoch-2.pth"]["miou"], 2)
     # the MGD student really learned from the teachers the CPS runs exported
     teachers = out / "DATA" / "model-weight" / "teachers"
     assert (teachers / "synthetic_1-8_resnet101.pth").is_file() and (teachers / "synthetic_1-8_wrn50_2.pth").is_file()
@@ -36,3 +41,26 @@ def test_synthetic_pipeline_quick_runs_every_stage_and_skips_them_on_rerun(tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already trained") == 5
     assert json.loads((out / "results.json").read_text())["miou"] == results["miou"]
+
+
+def _pipeline_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_pipeline", REPO / "exp.synthetic" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_reuses_a_stage_evaluation_only_when_it_was_made_with_the_same_settings(tmp_path):
+    stage_result = _pipeline_module().stage_result
+    snapshot = tmp_path / "checkpoints" / "epoch-4.pth"
+    settings = {"crop": 64, "scales": [1.0], "flip": False}
+    assert stage_result(snapshot, settings) is None  # no results file: the pipeline evaluates
+    snapshot.parent.mkdir()
+    entry = {"epoch": 4, "miou": 0.4321, "iou": {"background": 0.9, "dots_dark": None}, "eval": settings}
+    (snapshot.parent / "eval_results.json").write_text(
+        json.dumps({"results": {"epoch-4.pth": entry}, "last": "epoch-4.pth", "best": "epoch-4.pth"}))
+    assert stage_result(snapshot, settings) == {"miou": 0.4321, "iou": {"background": 0.9, "dots_dark": None}}
+    assert stage_result(snapshot, {**settings, "flip": True}) is None  # evaluated differently
+    assert stage_result(snapshot.with_name("epoch-3.pth"), settings) is None  # another snapshot

@@ -4,6 +4,7 @@ Run directory layout (``cfg.output_dir``)::
 
     checkpoints/latest.pth        full training state, rewritten every epoch / save_every_iters
     checkpoints/epoch-<e>.pth     segmentor file of method.eval_network() after epoch e (1-based)
+    checkpoints/eval_results.json val metrics per snapshot: the run's final evaluation and every eval.py
 
 ``latest.pth`` holds only tensors and plain Python values so that it loads with ``weights_only=True``:
 
@@ -20,7 +21,11 @@ Run directory layout (``cfg.output_dir``)::
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +211,52 @@ def load_snapshot(path, map_location="cpu"):
     from furnace.models import load_segmentor
 
     return load_segmentor(path, map_location=map_location)
+
+
+# ----------------------------------------------------------------------------- evaluation results
+
+
+def eval_results_path(cfg) -> Path:
+    return checkpoint_dir(cfg) / "eval_results.json"
+
+
+def _json_number(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def eval_entry(epoch: int, path, res: dict, cfg) -> dict:
+    """One snapshot's record in ``eval_results.json`` (metrics of ``Evaluator.run`` and the eval settings)."""
+    return {
+        "epoch": epoch, "path": str(path), "miou": _json_number(res["miou"]),
+        "pixel_acc": _json_number(res["pixel_acc"]),
+        "iou": {n: _json_number(v) for n, v in zip(res["class_names"], res["iou"])},
+        "eval": {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)},
+    }
+
+
+def write_eval_results(path, entries: dict, last: str, best: str | None = None) -> bool:
+    """Merge ``entries`` (snapshot file name -> :func:`eval_entry`) into the results file at ``path``
+    (atomic). ``best`` None -> the merged entry with the highest mIoU. False (with a warning) if it cannot
+    be written: the metrics were printed already, and losing the file must not end a run."""
+    path = Path(path)
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+    results = data.get("results", {}) if isinstance(data, dict) else {}
+    results = results if isinstance(results, dict) else {}
+    results.update(entries)
+    if best is None:
+        best = max(results, key=lambda n: results[n].get("miou") if isinstance(results[n].get("miou"), (int, float))
+                   else -1.0)
+    text = json.dumps({"results": results, "last": last, "best": best}, indent=2)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        print(f"warning: could not write {path} ({err}); the results above are not saved", file=sys.stderr)
+        return False
+    return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import re
@@ -142,31 +141,6 @@ def _ranges(epochs: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _json_number(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _write_json(path: Path, entries: dict, last: str, best: str) -> bool:
-    """Merge ``entries`` into the results file at ``path``; False (with a warning) if it cannot be written."""
-    data = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-    results = data.get("results", {}) if isinstance(data, dict) else {}
-    results.update(entries)
-    text = json.dumps({"results": results, "last": last, "best": best}, indent=2)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        print(f"warning: could not write {path} ({err}); the results above are not saved", file=sys.stderr)
-        return False
-    return True
-
-
 def eval_main(config, argv=None, *, val_dataset=None) -> dict:
     """Entry point of an experiment's ``eval.py``: evaluate saved snapshots on the val set.
 
@@ -209,12 +183,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
                 pred_dir = Path(args.save_pred) / path.stem if len(chosen) > 1 else Path(args.save_pred)
             res = evaluator.run(net, val_dataset, save_pred_dir=pred_dir, progress=True)
             metrics[path.name] = res
-            results[path.name] = {
-                "epoch": epoch, "path": str(path), "miou": _json_number(res["miou"]),
-                "pixel_acc": _json_number(res["pixel_acc"]),
-                "iou": {n: _json_number(v) for n, v in zip(res["class_names"], res["iou"])},
-                "eval": {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)},
-            }
+            results[path.name] = ckpt.eval_entry(epoch, path, res, cfg)
             say(f"{path.name}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}", flush=True)
         names = list(results)
         last = names[-1]
@@ -226,6 +195,6 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
             say(f"{n.ljust(16)}  {100 * metrics[n]['miou']:5.2f}{tag}")
         say(f"last {last}: {100 * metrics[last]['miou']:.2f}   best {best}: {100 * metrics[best]['miou']:.2f}")
         json_path = chosen[-1][1].parent / "eval_results.json"
-        if dist.run_on_main(lambda: _write_json(json_path, results, last, best)):
+        if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last, best)):
             say(f"results written to {json_path}", flush=True)
     return {"results": results, "last": last, "best": best}

@@ -322,6 +322,10 @@ def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, l
     dist.run_on_main(lambda: method.on_train_end(cfg))
     if eval_at != global_iter:
         result = run_eval()
+    final = ckpt.snapshot_path(cfg, label)
+    dist.run_on_main(lambda: ckpt.write_eval_results(ckpt.eval_results_path(cfg),
+                                                     {final.name: ckpt.eval_entry(label, final, result, cfg)},
+                                                     last=final.name))
     log.info(f"finished: iteration {global_iter}/{total}, val mIoU {100 * result['miou']:.2f}")
     out.update(eval=result, miou=result["miou"])
     return out
