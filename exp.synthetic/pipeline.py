@@ -103,10 +103,12 @@ def _percent(v) -> float | None:
 
 
 def stage_result(snapshot: Path, eval_settings: dict) -> dict | None:
-    """The val metrics the stage's own run recorded for ``snapshot`` (its final evaluation, in
-    ``checkpoints/eval_results.json``), or None if it has none made with ``eval_settings``."""
+    """The val metrics the stage's own run recorded for ``snapshot`` (its final evaluation, in the
+    ``eval_results.json`` beside it), or None if it has none made with ``eval_settings``."""
+    from furnace.engine.checkpoint import eval_results_file
+
     try:
-        entry = json.loads((snapshot.parent / "eval_results.json").read_text())["results"][snapshot.name]
+        entry = json.loads(eval_results_file(snapshot).read_text())["results"][snapshot.name]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if entry.get("eval") != eval_settings or not isinstance(entry.get("miou"), float):
@@ -123,13 +125,14 @@ def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
     from furnace.config import resolve_config, synthetic_config
     from furnace.datasets import build_val_dataset
     from furnace.engine import Evaluator, evaluate
+    from furnace.engine.checkpoint import eval_settings
     from furnace.models import load_segmentor
 
     cfg = synthetic_config()
     cfg.data_root = str(data_root)
     cfg.eval_crop = size
     cfg = resolve_config(cfg)
-    settings = {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)}
+    settings = eval_settings(cfg)
     dataset = build_val_dataset(cfg)
     samples = [dataset[i] for i in range(4)]
     evaluator = Evaluator(cfg, torch.device("cpu"))

@@ -216,8 +216,14 @@ def load_snapshot(path, map_location="cpu"):
 # ----------------------------------------------------------------------------- evaluation results
 
 
-def eval_results_path(cfg) -> Path:
-    return checkpoint_dir(cfg) / "eval_results.json"
+def eval_results_file(snapshot) -> Path:
+    """The ``eval_results.json`` that records evaluations of ``snapshot``: the one beside it."""
+    return Path(snapshot).parent / "eval_results.json"
+
+
+def eval_settings(cfg) -> dict:
+    """The evaluation settings an ``eval_results.json`` entry was measured with."""
+    return {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)}
 
 
 def _json_number(v):
@@ -230,7 +236,7 @@ def eval_entry(epoch: int, path, res: dict, cfg) -> dict:
         "epoch": epoch, "path": str(path), "miou": _json_number(res["miou"]),
         "pixel_acc": _json_number(res["pixel_acc"]),
         "iou": {n: _json_number(v) for n, v in zip(res["class_names"], res["iou"])},
-        "eval": {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)},
+        "eval": eval_settings(cfg),
     }
 
 
@@ -245,12 +251,10 @@ def write_eval_results(path, entries: dict, last: str, best: str | None = None) 
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             data = {}
-    results = data.get("results", {}) if isinstance(data, dict) else {}
-    results = results if isinstance(results, dict) else {}
-    results.update(entries)
+    results = data.get("results") if isinstance(data, dict) else None
+    results = {**(results if isinstance(results, dict) else {}), **entries}
     if best is None:
-        best = max(results, key=lambda n: results[n].get("miou") if isinstance(results[n].get("miou"), (int, float))
-                   else -1.0)
+        best = max(results, key=lambda n: results[n].get("miou") or -1.0)  # None (no finite mIoU) ranks last
     text = json.dumps({"results": results, "last": last, "best": best}, indent=2)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -194,7 +194,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
             tag = "  <- best" if n == best else ""
             say(f"{n.ljust(16)}  {100 * metrics[n]['miou']:5.2f}{tag}")
         say(f"last {last}: {100 * metrics[last]['miou']:.2f}   best {best}: {100 * metrics[best]['miou']:.2f}")
-        json_path = chosen[-1][1].parent / "eval_results.json"
+        json_path = ckpt.eval_results_file(chosen[-1][1])
         if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last, best)):
             say(f"results written to {json_path}", flush=True)
     return {"results": results, "last": last, "best": best}

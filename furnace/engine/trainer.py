@@ -323,7 +323,7 @@ def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, l
     if eval_at != global_iter:
         result = run_eval()
     final = ckpt.snapshot_path(cfg, label)
-    dist.run_on_main(lambda: ckpt.write_eval_results(ckpt.eval_results_path(cfg),
+    dist.run_on_main(lambda: ckpt.write_eval_results(ckpt.eval_results_file(final),
                                                      {final.name: ckpt.eval_entry(label, final, result, cfg)},
                                                      last=final.name))
     log.info(f"finished: iteration {global_iter}/{total}, val mIoU {100 * result['miou']:.2f}")
