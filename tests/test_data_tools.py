@@ -135,6 +135,24 @@ def test_synthetic_classes_are_texture_and_polarity():
     assert seen == {"stripes_dark", "stripes_light", "dots_dark", "dots_light"}
 
 
+def test_synthetic_textures_are_horizontal_or_vertical():
+    """With TEXTURE_ANGLES = 2 (the default) a stripe texture varies along exactly one image axis, and both
+    orientations occur; 0 restores any angle, under which stripes vary along both axes."""
+    canvas = synthetic_tool._Canvas(32, 32)
+    rng = np.random.default_rng(0)
+    orientations = set()
+    for _ in range(20):
+        t = canvas.texture(rng, 0, light=False)
+        rows_equal, cols_equal = np.all(t == t[:1]), np.all(t == t[:, :1])
+        assert rows_equal != cols_equal
+        orientations.add(bool(rows_equal))
+    assert orientations == {True, False}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(synthetic_tool, "TEXTURE_ANGLES", 0)
+        t = canvas.texture(np.random.default_rng(1), 0, light=False)
+        assert not np.all(t == t[:1]) and not np.all(t == t[:, :1])
+
+
 def test_make_synthetic_cli(tmp_path, capsys):
     assert (
         synthetic_tool.main(
