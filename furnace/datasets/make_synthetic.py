@@ -5,15 +5,15 @@
 Seven classes: background and {striped, dotted, grid} × {dark pattern on a light base, light pattern
 on a dark base} — the class depends on the texture AND on its polarity, both local cues, so a small
 network trained from scratch can learn them within a CPU budget, while 1/8 of the labels is not enough
-to learn them well. Textures run horizontally or vertically (``TEXTURE_ANGLES``). With any angle, four
-times the labels did not reliably help a ResNet-18 trained from scratch for the demo's 208 iterations
-(1/2 vs 1/8: +5.8 / -5.7 mIoU, seeds 0 / 1); with two orientations, +9.2 / +8.2, so the labels, and what
-a teacher adds to them, decide the result. Objects are circles, squares and triangles (the shape carries
-no class) of random colour, scale and rotation, and may overlap (the later one occludes, labels follow).
-Backgrounds are cluttered: a smooth, half-desaturated random colour field, solid distractor shapes,
-checkerboard distractors (textured, but background), strokes, and thin strokes over the objects
-(labelled background). Blur, noise and JPEG compression finish each image. The module constants below
-are the difficulty knobs.
+to learn them well. Textures (and checkerboard distractors) run horizontally or vertically
+(``TEXTURE_ANGLES``). With any angle, four times the labels did not reliably help a ResNet-18 trained
+from scratch for the demo's 208 iterations (lr 0.03, 1/2 vs 1/8: +5.8 / -5.7 mIoU, seeds 0 / 1); with
+two orientations, +9.2 / +8.2, so the labels, and what a teacher adds to them, decide the result.
+Objects are circles, squares and triangles (the shape carries no class) of random colour, scale and
+rotation, and may overlap (the later one occludes, labels follow). Backgrounds are cluttered: a smooth,
+half-desaturated random colour field, solid distractor shapes, checkerboard distractors (textured, but
+background), strokes, and thin strokes over the objects (labelled background). Blur, noise and JPEG
+compression finish each image. The module constants below are the difficulty knobs.
 
 Layout (as VOC): ``train_aug/{image,label}``, ``val/{image,label}``, ``train_aug.txt``, ``val.txt``
 and ``subset_train_aug/train_aug_{labeled,unlabeled}_1-{16,8,4,2}.txt`` (:mod:`make_splits`, same seed).
@@ -48,7 +48,7 @@ BACKGROUND_SATURATION = 0.5  # 0 = grey backgrounds, 1 = fully random colours
 BLUR_SIGMA_MAX = 0.8
 # Texture scales, fractions of the shorter side: coarse enough to survive the 0.5x training scale.
 TEXTURE_PERIOD = (0.13, 0.2)
-TEXTURE_ANGLES = 2  # textures run along one of this many orientations (0, 180/n, ... degrees); 0: any angle
+TEXTURE_ANGLES = 2  # textures and checkers run along one of n orientations (0, 180/n, ... deg); 0: any angle
 LINE_FRACTION = (0.25, 0.4)  # stripe / grid-line width and dot diameter, fractions of the period
 PATTERN_CONTRAST = (0.55, 0.8)  # how far the pattern shade moves from the base towards black or white
 _SPLIT_TAGS = {"train": 1, "val": 2}
