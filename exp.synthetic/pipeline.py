@@ -6,7 +6,8 @@
 2. trains the deep (ResNet-101 family) and the wide (WRN-50-2 family) teachers with CPS + CutMix,
 3. trains the baselines — a supervised-only ResNet-18 student and a CPS ResNet-18 student,
 4. distills the ResNet-18 student with MGD from the two frozen teachers,
-5. collects every network's val mIoU (each run evaluates its final network) and writes results.json, results.md, miou.png, qualitative.png.
+5. collects every network's val mIoU (each run evaluates its final network) and writes results.json,
+   results.md, miou.png, qualitative.png.
 
 Each stage is the experiment folder beside this file run as ``python train.py`` (a real training run
 with checkpoints and logs under ``OUT/<stage>/``). Re-running skips finished stages and resumes an
@@ -105,13 +106,10 @@ def _percent(v) -> float | None:
 def stage_result(snapshot: Path, eval_settings: dict) -> dict | None:
     """The val metrics the stage's own run recorded for ``snapshot`` (its final evaluation, in the
     ``eval_results.json`` beside it), or None if it has none made with ``eval_settings``."""
-    from furnace.engine.checkpoint import eval_results_file
+    from furnace.engine.checkpoint import eval_results_file, read_eval_results
 
-    try:
-        entry = json.loads(eval_results_file(snapshot).read_text())["results"][snapshot.name]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if entry.get("eval") != eval_settings or not isinstance(entry.get("miou"), float):
+    entry = read_eval_results(eval_results_file(snapshot)).get(snapshot.name)
+    if not isinstance(entry, dict) or entry.get("eval") != eval_settings or not isinstance(entry.get("miou"), float):
         return None
     return {"miou": entry["miou"], "iou": entry["iou"]}
 

@@ -240,19 +240,23 @@ def eval_entry(epoch: int, path, res: dict, cfg) -> dict:
     }
 
 
+def read_eval_results(path) -> dict:
+    """The entries (snapshot file name -> :func:`eval_entry`) of the results file at ``path``; {} if it is
+    missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    results = data.get("results") if isinstance(data, dict) else None
+    return results if isinstance(results, dict) else {}
+
+
 def write_eval_results(path, entries: dict, last: str, best: str | None = None) -> bool:
     """Merge ``entries`` (snapshot file name -> :func:`eval_entry`) into the results file at ``path``
     (atomic). ``best`` None -> the merged entry with the highest mIoU. False (with a warning) if it cannot
     be written: the metrics were printed already, and losing the file must not end a run."""
     path = Path(path)
-    data = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-    results = data.get("results") if isinstance(data, dict) else None
-    results = {**(results if isinstance(results, dict) else {}), **entries}
+    results = {**read_eval_results(path), **entries}
     if best is None:
         best = max(results, key=lambda n: results[n].get("miou") or -1.0)  # None (no finite mIoU) ranks last
     text = json.dumps({"results": results, "last": last, "best": best}, indent=2)
