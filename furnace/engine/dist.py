@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from typing import Any, Callable
 
 import torch
@@ -16,6 +17,7 @@ import torch.distributed as tdist
 from ..utils import UserError
 
 _STATE = {"device": torch.device("cpu"), "owns_group": False}
+_GLOO_SETTLE_SECONDS = 0.1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -70,9 +72,17 @@ def setup(device: str = "auto") -> tuple[int, int, torch.device]:
 
 
 def cleanup() -> None:
-    """Leave the process group if :func:`setup` created it."""
+    """Leave the process group if :func:`setup` created it (registered with ``atexit``).
+
+    A gloo worker thread lets go of a finished collective's tensors a moment after ``wait()`` has
+    returned, and needs the GIL to do it. If the interpreter is finalizing by then, taking the GIL ends
+    that thread inside a destructor and the process dies of SIGABRT ("terminate called without an
+    active exception") after a run that succeeded. A short sleep, which releases the GIL, lets those
+    threads finish while the interpreter is still whole.
+    """
     if _STATE["owns_group"] and tdist.is_initialized():
         tdist.destroy_process_group()
+        time.sleep(_GLOO_SETTLE_SECONDS)
     _STATE["owns_group"] = False
 
 
