@@ -80,6 +80,9 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.lambda_region = 100.0  # content-aware (region-level)
     C.region_grid = 7
     C.mgd_impl = "batched"  # batched (teacher passes batched) | reference (one teacher call per input)
+    # torch.compile the teachers' batched pass, weights frozen as constants (inductor "freezing"):
+    # compiling takes ~20-30 s at the first step (CPU); the teacher passes then run ~10% faster on a CPU
+    C.compile_teachers = False
     C.export_teacher = ""  # cps runs: "" -> DATA/model-weight/teachers/<dataset>_1-<N>_<arch>.pth
     C.cutmix_boxes = 3
     C.cutmix_area = [0.25, 0.5]
@@ -266,6 +269,10 @@ def validate_config(C) -> None:
         raise UserError(f"config: output_stride={C.output_stride!r} must be 0 (default), 8, 16 or 32")
     if not C.eval_scales or any(s <= 0 for s in C.eval_scales):
         raise UserError(f"config: eval_scales={C.eval_scales!r} must be a non-empty list of positive numbers")
+    if C.compile_teachers and (C.method != "mgd" or C.mgd_impl != "batched" or C.teacher_bn != "eval"):
+        raise UserError(f"config: compile_teachers=true compiles MGD's batched teacher pass; it needs method=mgd, "
+                        f"mgd_impl=batched and teacher_bn=eval (got method={C.method}, mgd_impl={C.mgd_impl}, "
+                        f"teacher_bn={C.teacher_bn}); set compile_teachers=false")
     if len(C.cutmix_area) != 2 or not 0 < C.cutmix_area[0] <= C.cutmix_area[1] <= 1:
         raise UserError(f"config: cutmix_area={C.cutmix_area!r} must be [low, high] with 0 < low <= high <= 1")
 

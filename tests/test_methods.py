@@ -114,6 +114,25 @@ def test_mgd_batched_teachers_equal_reference_path(tmp_path):
         assert lf[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
 
 
+@pytest.mark.slow
+def test_compiled_teachers_compute_the_reference_losses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a real compile, no cache
+    teachers = make_teachers(tmp_path)
+    torch.manual_seed(0)
+    compiled = build_method(resolve_config(small_cfg(tmp_path, method="mgd", compile_teachers=True, **teachers)))
+    assert set(compiled._teacher_calls) == {"teacher_deep", "teacher_wide"}
+    torch.manual_seed(0)
+    ref = build_method(resolve_config(small_cfg(tmp_path, method="mgd", mgd_impl="reference", **teachers)))
+    b = batch()
+    lc, lr = compiled(b), ref(b)
+    for k in lc:
+        assert lc[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
+    lc["loss"].backward()  # the student still learns through the compiled teachers' targets
+    assert all(p.grad is not None for p in compiled.student.parameters() if p.requires_grad)
+    with pytest.raises(UserError, match="compile_teachers=true .*mgd_impl=batched"):
+        resolve_config(small_cfg(tmp_path, method="mgd", compile_teachers=True, mgd_impl="reference", **teachers))
+
+
 def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path):
     cfg = resolve_config(small_cfg(tmp_path, method="mgd", teacher_bn="train", **make_teachers(tmp_path)))
     m = build_method(cfg)

@@ -257,7 +257,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     ``head_channels`` (1.0 / 256: the real networks), written as teacher files and loaded by the
     method exactly as training does. ``student_channels_last`` None -> on CUDA only (on a CPU oneDNN's
     channels_last backward is slower for the student; the teachers gain from it). ``compile_mode``:
-    "off", "teachers" (``MGD.compile_teachers``; on a CPU with inductor's weight freezing) or "student".
+    "off", "teachers" (``MGD.compile_teachers``, what ``compile_teachers=true`` does in training) or "student".
     Returns the figures described in the module docstring.
     """
     from ..config import resolve_config, voc_config
@@ -311,7 +311,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
         compile_s = 0.0
         if compile_mode != "off":
             t0 = time.perf_counter()
-            _compile(fast, compile_mode, device)
+            _compile(fast, compile_mode)
             fast.step()  # compiles
             _sync(device)
             compile_s = time.perf_counter() - t0
@@ -372,15 +372,9 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     return out
 
 
-def _compile(path: _Path, mode: str, device: torch.device) -> None:
+def _compile(path: _Path, mode: str) -> None:
     if mode == "teachers":
-        if device.type == "cpu":
-            # CPU inference: let inductor fold BN into the convolutions and prepack the weights
-            # (oneDNN), valid because the teachers never change during the benchmark
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True
-        path.method.compile_teachers()
+        path.method.compile_teachers()  # what compile_teachers=true does in training
     elif mode == "student":
         path.method.student = torch.compile(path.method.student)
     else:
@@ -432,7 +426,8 @@ def main(argv=None) -> dict:
     g.add_argument("--warmup", type=int, default=-1,
                    help="untimed steps per path after the first (default: cuda 3, cpu 1; --quick cpu 0)")
     g.add_argument("--compile", choices=("off", "teachers", "student"), default="off",
-                   help="torch.compile part of the optimized path (default off: on a CPU the compile time, minutes, exceeds what it saves in a benchmark run)")
+                   help="torch.compile part of the optimized path: 'teachers' is compile_teachers=true of training "
+                        "(default off, as in training; the compile time is reported as compile_s)")
     g.add_argument("--student-channels-last", choices=("auto", "on", "off"), default="auto",
                    help="auto: on CUDA only")
     g.add_argument("--width-mult", type=float, default=1.0, help="shrink every network (tests; 1.0 = the real ones)")
