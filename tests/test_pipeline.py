@@ -40,7 +40,13 @@ def test_synthetic_pipeline_quick_runs_every_stage_and_skips_them_on_rerun(tmp_p
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already trained") == 5
-    assert json.loads((out / "results.json").read_text())["miou"] == results["miou"]
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["miou"] == results["miou"]
+    # the table says that this run's wall time does not include the reused stages' training
+    assert results["reused_stages"] == [] and "pipeline wall time" in proc.stdout
+    assert rerun["reused_stages"] == sorted(expected, key=list(results["miou"]).index)
+    assert rerun["seconds"]["student_mgd"] == results["seconds"]["student_mgd"]
+    assert "5 of 5 stages were trained by an earlier run" in (out / "results.md").read_text()
 
 
 def _pipeline_module():
