@@ -48,7 +48,8 @@ def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides:
             f"seed={seed}", "num_workers=0", *overrides]
 
 
-def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str], jobs: int) -> tuple[dict[str, float], list[str]]:
+def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str],
+               jobs: int) -> tuple[dict[str, float], list[str]]:
     """Run the unfinished stages, up to ``jobs`` at a time, each after the stages it needs.
 
     Small networks use a CPU core far better in separate processes than through intra-op threads,
