@@ -102,31 +102,30 @@ def test_mgd_teacher_roles(mgd):
     assert after_deep["semantic_sensitive"] != pytest.approx(after_wide["semantic_sensitive"], rel=1e-3)
 
 
-def test_mgd_batched_teachers_equal_reference_path(tmp_path):
-    teachers = make_teachers(tmp_path)
+def _assert_losses_equal_reference_path(tmp_path, teachers, **overrides):
+    """Build MGD with ``overrides`` and on the reference path from the same seed, check that their losses
+    on one batch agree, and return the first method and its losses."""
     torch.manual_seed(0)
-    fast = build_method(resolve_config(small_cfg(tmp_path, method="mgd", **teachers)))
+    method = build_method(resolve_config(small_cfg(tmp_path, method="mgd", **overrides, **teachers)))
     torch.manual_seed(0)
     ref = build_method(resolve_config(small_cfg(tmp_path, method="mgd", mgd_impl="reference", **teachers)))
     b = batch()
-    lf, lr = fast(b), ref(b)
-    for k in lf:
-        assert lf[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
+    losses, lr = method(b), ref(b)
+    for k in losses:
+        assert losses[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
+    return method, losses
+
+
+def test_mgd_batched_teachers_equal_reference_path(tmp_path):
+    _assert_losses_equal_reference_path(tmp_path, make_teachers(tmp_path))
 
 
 @pytest.mark.slow
 def test_compiled_teachers_compute_the_reference_losses(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a real compile, no cache
     teachers = make_teachers(tmp_path)
-    torch.manual_seed(0)
-    compiled = build_method(resolve_config(small_cfg(tmp_path, method="mgd", compile_teachers=True, **teachers)))
+    compiled, lc = _assert_losses_equal_reference_path(tmp_path, teachers, compile_teachers=True)
     assert set(compiled._teacher_calls) == {"teacher_deep", "teacher_wide"}
-    torch.manual_seed(0)
-    ref = build_method(resolve_config(small_cfg(tmp_path, method="mgd", mgd_impl="reference", **teachers)))
-    b = batch()
-    lc, lr = compiled(b), ref(b)
-    for k in lc:
-        assert lc[k].item() == pytest.approx(lr[k].item(), rel=1e-4, abs=1e-6), k
     lc["loss"].backward()  # the student still learns through the compiled teachers' targets
     assert all(p.grad is not None for p in compiled.student.parameters() if p.requires_grad)
     with pytest.raises(UserError, match="compile_teachers=true .*mgd_impl=batched"):
