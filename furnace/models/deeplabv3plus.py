@@ -73,6 +73,10 @@ class DeepLabV3PlusHead(nn.Module):
 
     ``forward(low, high)``: low (B, low_channels, h4, w4), high (B, high_channels, h, w) ->
     decoder feature (B, channels, h4, w4).
+
+    The decoder concatenates ``[upsampled ASPP output (channels), reduce(low) (reduce_channels)]`` in
+    this order: ``last_conv.0.weight``'s input channels follow it, so the original project's
+    checkpoints only give their outputs with this order (SPEC §4).
     """
 
     def __init__(self, low_channels: int, high_channels: int, channels: int = 256, reduce_channels: int = 48):
@@ -89,7 +93,7 @@ class DeepLabV3PlusHead(nn.Module):
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         high = self.aspp(high)
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=True)
-        return self.last_conv(torch.cat([self.reduce(low), high], dim=1))
+        return self.last_conv(torch.cat([high, self.reduce(low)], dim=1))
 
 
 def init_head_weights(module: nn.Module) -> None:
