@@ -8,7 +8,7 @@ Run directory layout (``cfg.output_dir``)::
 
 ``latest.pth`` holds only tensors and plain Python values so that it loads with ``weights_only=True``:
 
-    format "mgd-ssss.train-state", version 1,
+    format "mgd-ssss.train-state", version 2 (version 1: the decoder's old channel order, refused),
     method      method.state_dict() (the trained networks; frozen teachers are not in it)
     optimizer   optimizer.state_dict() (momentum buffers)
     scaler      GradScaler.state_dict() ({} unless fp16 AMP)
@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from ..config import config_to_dict
+from ..models.checkpoint import old_decoder_order_message
 from ..utils import UserError, atomic_save, safe_load
 
 TRAIN_STATE_FORMAT = "mgd-ssss.train-state"
-TRAIN_STATE_VERSION = 1
+TRAIN_STATE_VERSION = 2
 
 
 def checkpoint_dir(cfg) -> Path:
@@ -151,6 +152,8 @@ def load_training_state(path) -> dict:
             f"{path}: not a furnace training checkpoint (latest.pth); to evaluate or fine-tune from a "
             "snapshot or released weights, use eval.py or the model's pretrained/teacher settings"
         )
+    if state.get("version") == 1:
+        raise UserError(old_decoder_order_message(path, "training checkpoint", 1))
     if state.get("version") != TRAIN_STATE_VERSION:
         raise UserError(f"{path}: training-checkpoint version {state.get('version')} is not supported "
                         f"(this furnace writes version {TRAIN_STATE_VERSION})")

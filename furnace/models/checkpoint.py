@@ -4,7 +4,7 @@
   and shape, with a :class:`LoadReport` of what was loaded and what stays random.
 - :func:`save_segmentor` / :func:`load_segmentor` / :func:`read_segmentor_meta` — our segmentor file::
 
-      {"format": "mgd-ssss.segmentor", "version": 1, "arch": str, "num_classes": int,
+      {"format": "mgd-ssss.segmentor", "version": 2, "arch": str, "num_classes": int,
        "options": {"output_stride", "width_mult", "head_channels"}, "state_dict": {...}, **extra}
 
 - :func:`convert_official` — one network (``branch1``/``branch2``/``branch3``) of an original release
@@ -12,6 +12,10 @@
   check-and-copy that reproduces the original outputs exactly.
 
 Every file is read with :func:`furnace.utils.safe_load` and written with :func:`furnace.utils.atomic_save`.
+
+Version 1 files were written while the decoder concatenated ``[reduce(low), ASPP]``; version 2 follows
+the original's ``[ASPP, reduce(low)]`` (SPEC §4). A version-1 file is refused (its weights would be applied
+to the wrong channels) with the command that migrates it exactly, :func:`migrate_decoder_order`.
 """
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ from .backbones import ARCHS
 from .deeplabv3plus import DeepLabV3Plus, build_network
 
 SEGMENTOR_FORMAT = "mgd-ssss.segmentor"
-SEGMENTOR_VERSION = 1
+SEGMENTOR_VERSION = 2
+# The first version whose decoder concatenates [ASPP, reduce(low)] (SPEC §4); older files need migrating.
+DECODER_ORDER_VERSION = 2
+_MIGRATE_HINT = "python -m furnace.tools.migrate_checkpoint"
 _RESERVED = ("format", "version", "arch", "num_classes", "options", "state_dict")
 
 BRANCHES = ("branch1", "branch2", "branch3")
@@ -307,12 +314,59 @@ def _check_segmentor(obj, path) -> dict:
     if not isinstance(version, int) or version > SEGMENTOR_VERSION:
         raise UserError(f"{path}: segmentor file version {version!r} is newer than this furnace reads "
                         f"({SEGMENTOR_VERSION}); update the project")
+    if version < DECODER_ORDER_VERSION:
+        raise UserError(old_decoder_order_message(path, "segmentor file", version))
     for key in ("arch", "num_classes", "options", "state_dict"):
         if key not in obj:
             raise UserError(f"{path}: segmentor file lacks its {key!r} entry (damaged or hand-made file)")
     if obj["arch"] not in ARCHS:
         raise UserError(f"{path}: unknown arch {obj['arch']!r} (known: {', '.join(ARCHS)})")
     return obj
+
+
+def old_decoder_order_message(path, what: str, version) -> str:
+    """The one-line refusal of a file written before the decoder's channel order was fixed."""
+    return (f"{path}: {what} version {version} was written when the decoder concatenated its channels in the "
+            f"other order, so its weights would predict garbage now; migrate it exactly with "
+            f"`{_MIGRATE_HINT} {path} NEW.pth` (or retrain)")
+
+
+def _swap_decoder_input(weight: torch.Tensor) -> torch.Tensor:
+    """``last_conv.0.weight`` (out, out + r, k, k) with input channels ``[r reduced, out ASPP]`` ->
+    ``[out ASPP, r reduced]``; the decoder's ASPP width equals last_conv.0's output width."""
+    reduced = weight.shape[1] - weight.shape[0]
+    if weight.dim() != 4 or reduced <= 0:
+        raise ValueError(f"not a decoder input convolution: shape {list(weight.shape)}")
+    return torch.cat([weight[:, reduced:], weight[:, :reduced]], dim=1)
+
+
+DECODER_INPUT_CONV = "head.last_conv.0.weight"
+
+
+def migrate_decoder_order(state: Dict[str, torch.Tensor], momentum: Optional[Dict] = None) -> List[str]:
+    """Permute, in place, every ``*head.last_conv.0.weight`` of ``state`` from the version-1 channel order
+    to the current one, so the network computes exactly what it computed under version 1.
+
+    ``momentum`` (optional): an optimizer ``state`` dict (param id -> {"momentum_buffer": tensor}); the
+    buffers of those weights are permuted too. They are recognised by shape, which only the decoder's
+    input convolution has (its input width is ASPP + reduced channels); a count that does not match is
+    an error rather than a guess. Returns the names of the permuted tensors.
+    """
+    names = [k for k in state if k == DECODER_INPUT_CONV or k.endswith("." + DECODER_INPUT_CONV)]
+    if not names:
+        raise ValueError(f"no {DECODER_INPUT_CONV} tensor found")
+    shapes = {tuple(state[k].shape) for k in names}
+    for k in names:
+        state[k] = _swap_decoder_input(state[k])
+    if momentum:
+        buffers = [v for v in momentum.values()
+                   if isinstance(v, dict) and torch.is_tensor(v.get("momentum_buffer"))
+                   and tuple(v["momentum_buffer"].shape) in shapes]
+        if len(buffers) != len(names):
+            raise ValueError(f"{len(buffers)} optimizer buffers have a decoder-input shape, expected {len(names)}")
+        for v in buffers:
+            v["momentum_buffer"] = _swap_decoder_input(v["momentum_buffer"])
+    return names
 
 
 def _build_from_meta(obj, path) -> DeepLabV3Plus:
