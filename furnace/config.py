@@ -79,6 +79,9 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.lambda_image = 0.004  # semantic-sensitive (image-level), mean over images
     C.lambda_region = 100.0  # content-aware (region-level)
     C.region_grid = 7
+    # student BN running statistics: "trained" updates them with the passes that train (x_l, x_m);
+    # "original" adds the original's no-grad passes on u0 and u1 (order u0, u1, x_m, x_l); losses are equal
+    C.student_bn_updates = "trained"
     C.mgd_impl = "batched"  # batched (teacher passes batched) | reference (one teacher call per input)
     # torch.compile the teachers' batched pass, weights frozen as constants (inductor "freezing"):
     # compiling takes ~20-30 s at the first step (CPU); the teacher passes then run ~10% faster on a CPU
@@ -99,6 +102,9 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.max_iters = 0  # > 0 stops early (smoke tests); the LR schedule still spans all epochs
     C.amp = "auto"  # auto (bf16 on CUDA if supported, else fp16; off on CPU) | bf16 | fp16 | none
     C.channels_last = False
+    # SyncBatchNorm (CUDA, several processes) everywhere; false keeps backbone BN per process, as the
+    # original's MobileNet-v2 students had it
+    C.sync_bn_backbone = True
     C.compile = False
     C.device = "auto"  # auto | cuda | cpu
     # -- checkpoints and logging
@@ -238,6 +244,7 @@ _CHOICES = {
     "sup_loss": ("ce", "ohem"),
     "teacher_bn": ("eval", "train"),
     "mgd_impl": ("batched", "reference"),
+    "student_bn_updates": ("trained", "original"),
     "amp": ("auto", "bf16", "fp16", "none"),
     "device": ("auto", "cuda", "cpu"),
 }

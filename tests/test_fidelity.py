@@ -242,3 +242,62 @@ def test_a_version_1_training_checkpoint_is_refused_and_a_migrated_one_resumes_t
     sgd_step(new, new_opt)
     with torch.no_grad():
         assert torch.allclose(new(x), old(x), atol=1e-5, rtol=1e-4)
+
+
+def _bn_running_stats(network):
+    return {n: b.clone() for n, b in network.named_buffers() if "running" in n}
+
+
+@pytest.mark.parametrize("updates", ["trained", "original"])
+def test_student_bn_running_statistics_follow_the_chosen_passes_and_the_losses_do_not(updates, tmp_path):
+    """student_bn_updates="original": the original's order of student passes, u0, u1 (no grad), x_m, x_l;
+    "trained": x_l, x_m. Checked against those passes replayed on a copy of the student."""
+    import copy
+
+    from furnace.models import build_model
+
+    teachers = {}
+    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
+        torch.manual_seed(1)
+        teachers[key] = str(tmp_path / f"{arch}.pth")
+        save_segmentor(build_model(arch, 4, width_mult=0.125, head_channels=16, verbose=False), teachers[key])
+    C = voc_config()
+    C.update(pretrained="", num_classes=4, width_mult=0.25, head_channels=32, student_bn_updates=updates, **teachers)
+    method = build_method(resolve_config(C))
+    g = torch.Generator().manual_seed(0)
+    batch = {"image_l": torch.randn(2, 3, 32, 32, generator=g), "label_l": torch.randint(0, 4, (2, 32, 32), generator=g),
+             "image_u0": torch.randn(2, 3, 32, 32, generator=g), "image_u1": torch.randn(2, 3, 32, 32, generator=g),
+             "mask_mix": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()}
+    replay = copy.deepcopy(method.student).train()
+    x_m = batch["image_u0"] * (1 - batch["mask_mix"]) + batch["image_u1"] * batch["mask_mix"]
+    order = ([batch["image_u0"], batch["image_u1"], x_m, batch["image_l"]] if updates == "original"
+             else [batch["image_l"], x_m])
+    with torch.no_grad():
+        for x in order:
+            replay(x)
+    losses = method.train()(batch)
+    ours, expected = _bn_running_stats(method.student), _bn_running_stats(replay)
+    for name in expected:
+        assert torch.allclose(ours[name], expected[name], atol=1e-6), name
+    # the switch moves only the running statistics: the objective is the same as the default's
+    C.student_bn_updates = "trained" if updates == "original" else "original"
+    other = build_method(resolve_config(C))
+    other.student.load_state_dict(method.student.state_dict())  # same weights (running stats don't matter in train)
+    assert torch.allclose(other.train()(batch)["loss"], losses["loss"], rtol=1e-5)
+
+
+def test_sync_bn_backbone_false_keeps_backbone_batchnorm_per_process_and_syncs_the_heads():
+    """The original's MobileNet-v2 students: plain per-GPU BN in the backbone, synchronised BN in the head."""
+    from furnace.engine import dist
+    from furnace.models import build_model
+
+    holder = torch.nn.Module()
+    holder.student = build_model("mobilenetv2", 4, width_mult=0.25, head_channels=32, verbose=False)
+    holder = dist.sync_batchnorm(holder, backbones=False)
+    kinds = {type(m) for m in holder.student.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {torch.nn.BatchNorm2d}
+    head = [m for m in holder.student.head.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert head and all(isinstance(m, torch.nn.SyncBatchNorm) for m in head)
+    everything = dist.sync_batchnorm(build_model("resnet18", 4, width_mult=0.25, head_channels=32, verbose=False))
+    assert all(isinstance(m, torch.nn.SyncBatchNorm) for m in everything.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))

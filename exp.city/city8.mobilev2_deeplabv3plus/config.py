@@ -36,6 +36,7 @@ C.weight_decay = 0.0008  # not applied to biases and norm parameters
 C.lr_power = 0.9  # poly schedule, per iteration
 C.epochs_per_ratio = {"16": 128, "8": 137, "4": 160, "2": 240}  # constant total iterations
 C.amp = "auto"  # bf16 on GPUs that support it, else fp16; off on CPU
+C.sync_bn_backbone = True  # the original kept this backbone's BN per GPU (False, with micro_batch=2)
 
 # -- evaluation
 C.eval_crop = 800  # sliding window, stride ceil(2/3 * crop)

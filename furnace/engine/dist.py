@@ -169,6 +169,24 @@ def run_on_main(fn: Callable[[], Any]) -> Any:
     return result
 
 
+def sync_batchnorm(module: torch.nn.Module, backbones: bool = True) -> torch.nn.Module:
+    """``module`` with its BatchNorms as SyncBatchNorm (statistics over every process's micro-batch).
+
+    ``backbones=False`` leaves every submodule named ``backbone`` per process: the original trained its
+    MobileNet-v2 students that way (plain BN over each GPU's 2 images), with the heads synchronised.
+    """
+    if backbones:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if name == "backbone":
+            continue
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            sync_batchnorm(child, backbones=False)
+    return module
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``cfg.amp`` on ``device``; None = full precision (always on CPU).
 

@@ -180,7 +180,7 @@ def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, l
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
     if world > 1 and device.type == "cuda":
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = dist.sync_batchnorm(method, backbones=cfg.sync_bn_backbone)
     optimizer = build_optimizer(method, cfg)
     dtype = dist.amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -24,6 +24,10 @@ class MGD(Method):
       + Σ_{T∈{T_D,T_W}} CE(S(x_m), argmax[(1−M)·T(u0) + M·T(u1)])     pixel level, unlabeled
       + λ1 · semantic_sensitive(S(x_m), T_D(x_m))                     image level, deep teacher only
       + λ2 · content_aware(F_S(x_m), F_W(x_m))                        region level, wide teacher only
+
+    The student's BatchNorm running statistics move with its passes on x_l and x_m; with
+    ``cfg.student_bn_updates = "original"`` also with no-grad passes on u0 and u1 first, as the original's
+    extra student passes did (order u0, u1, x_m, x_l). The losses and gradients are the same either way.
     """
 
     def __init__(self, cfg):
@@ -125,8 +129,17 @@ class MGD(Method):
         x_m = mix_by_mask(u0, u1, mask)
         deep, wide = self.teacher_targets(x_l, u0, u1, x_m, mask)
 
-        logits_l = self.student(x_l)
-        logits_m, feat_m = self.student(x_m, return_feature=True)
+        if self.training and cfg.student_bn_updates == "original":
+            # The original also ran the student on u0 and u1 without gradient; those passes only move the
+            # student's BN running statistics (which evaluation uses), in the order u0, u1, x_m, x_l.
+            with torch.no_grad():
+                self.student(u0)
+                self.student(u1)
+            logits_m, feat_m = self.student(x_m, return_feature=True)
+            logits_l = self.student(x_l)
+        else:
+            logits_l = self.student(x_l)
+            logits_m, feat_m = self.student(x_m, return_feature=True)
 
         sup = supervised_loss(cfg, logits_l, y)
         pixel_l = pixel_consistency_loss(logits_l, deep["pseudo_l"]) + pixel_consistency_loss(logits_l, wide["pseudo_l"])
