@@ -149,7 +149,7 @@ class ToyMethod(nn.Module):
 def toy_save_snapshot(net, path, extra):
     from furnace.utils import atomic_save
 
-    atomic_save({"format": "mgd-ssss.segmentor", "version": 1, "arch": net.arch, "num_classes": net.num_classes,
+    atomic_save({"format": "mgd-ssss.segmentor", "version": 2, "arch": net.arch, "num_classes": net.num_classes,
                  "options": dict(net.build_options), "state_dict": net.state_dict(), **extra}, path)
 
 
