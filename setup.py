@@ -17,7 +17,7 @@ def read_requirements():
 
 setup(
     name="mgd-ssss",
-    version="0.1.0",
+    version="0.2.0",
     description="Multi-granularity distillation for lightweight semi-supervised semantic segmentation (MGD, ECCV 2022)",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
