@@ -168,7 +168,7 @@ def test_stop_request_ignores_quick_repeats_and_aborts_on_a_later_one(monkeypatc
     import signal
     import time
 
-    from furnace.engine.trainer import StopRequest
+    from furnace.engine.dist import StopRequest
 
     monkeypatch.setattr(StopRequest, "ABORT_AFTER_S", 0.2)
     before = signal.getsignal(signal.SIGINT)

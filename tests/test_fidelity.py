@@ -181,7 +181,7 @@ def test_a_version_1_segmentor_file_is_refused_naming_the_migration_and_migrates
 
 
 def test_eval_py_refuses_a_version_1_snapshot_with_the_one_line_message(tmp_path, capsys):
-    from furnace.engine import eval_main
+    from furnace.run import eval_main
     from furnace.models import build_model
 
     net = build_model("resnet18", 7, width_mult=0.25, head_channels=32, verbose=False)
