@@ -34,6 +34,15 @@ class Method(nn.Module):
     def frozen(self, name: str) -> nn.Module:
         return self._frozen[name]
 
+    def train(self, mode: bool = True):
+        """The trained networks follow ``mode``; each frozen network is told too and decides what it
+        means for it (a :class:`~furnace.methods.teachers.FrozenTeacher` stays in eval mode unless its
+        BN is meant to use batch statistics)."""
+        super().train(mode)
+        for network in self._frozen.values():
+            network.train(mode)
+        return self
+
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         for network in self._frozen.values():
