@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..config import config_to_dict
-from ..models.checkpoint import old_decoder_order_message
+from ..models.weights import old_decoder_order_message
 from ..utils import UserError, atomic_save, safe_load
 
 TRAIN_STATE_FORMAT = "mgd-ssss.train-state"

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from ..models.backbones import ARCHS
-from ..models.checkpoint import BRANCHES, convert_official
+from ..models.weights import BRANCHES, convert_official
 from ..utils import UserError
 
 

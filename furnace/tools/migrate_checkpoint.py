@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..engine.checkpoint import TRAIN_STATE_FORMAT, TRAIN_STATE_VERSION
-from ..models.checkpoint import SEGMENTOR_FORMAT, SEGMENTOR_VERSION, migrate_decoder_order
+from ..models.weights import SEGMENTOR_FORMAT, SEGMENTOR_VERSION, migrate_decoder_order
 from ..utils import UserError, atomic_save, safe_load
 
 
