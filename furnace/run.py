@@ -25,6 +25,7 @@ from .engine import checkpoint as ckpt
 from .engine import dist, trainer
 from .engine.cli import parser, ranges, select_snapshots, user_errors
 from .engine.evaluator import Evaluator, format_results
+from .engine.rng import preserved_cpu_rng, seed_everything
 from .methods import build_method
 
 
@@ -46,10 +47,10 @@ def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) 
     ckpt.find_resume(cfg, resume)  # a missing --resume file, too
     rank, world, _device = dist.setup(cfg.device)
     if method is None:
-        trainer.seed_everything(cfg.seed)  # identical initial weights on every process
+        seed_everything(cfg.seed)  # identical initial weights on every process
         method = build_method(cfg)
     if loader is None:
-        with ckpt.preserved_cpu_rng():
+        with preserved_cpu_rng():
             loader = TrainLoader(cfg, rank=rank, world_size=world,
                                  need_unlabeled=getattr(method, "needs_unlabeled", True))
     if val_dataset is None:

@@ -33,7 +33,7 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.layouts import colorize, get_layout
 from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
-from .checkpoint import preserved_cpu_rng
+from .rng import preserved_cpu_rng
 
 # ----------------------------------------------------------------------------- geometry
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +28,7 @@ from ..config import accumulation_steps, config_to_dict, resolve_config, validat
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
+from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
 from .evaluator import Evaluator, dataset_meta
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
@@ -37,13 +36,6 @@ from .optim import build_optimizer, poly_lr, set_lr
 # config keys whose change on resume is routine (not worth a note in the log)
 _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "num_workers", "log_every", "tb_images_every",
                  "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name"}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device) generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -174,7 +166,7 @@ class _Loop:
         state.epoch, state.it_in_epoch, state.global_iter = \
             saved["epoch"], saved["iter_in_epoch"], saved["global_iter"]
         if saved.get("world_size") == self.world:
-            ckpt.set_rng_state(saved["rng"][self.rank])
+            set_rng_state(saved["rng"][self.rank])
         else:
             seed_everything(self.cfg.seed + self.rank + 7919 * state.global_iter)
             self.log.info(f"note: {resume_path} was written by {saved.get('world_size')} process(es), this run "
@@ -225,7 +217,7 @@ class _Loop:
     def run_epoch(self, state: LoopState, stop) -> None:
         """The rest of the epoch in progress; saves ``latest.pth`` where the rules say, and on a stop."""
         cfg = self.cfg
-        with ckpt.preserved_cpu_rng():
+        with preserved_cpu_rng():
             batches = iter(self.loader.epoch(state.epoch, state.it_in_epoch))
         while state.it_in_epoch < self.ipe and state.global_iter < self.stop_at:
             stop_any = self.iteration(state, batches, stop)
@@ -282,7 +274,7 @@ class _Loop:
 
     # -- what the loop writes ---------------------------------------------------------------------
     def save_latest(self, state: LoopState) -> None:
-        rng = dist.all_gather_object(ckpt.get_rng_state())
+        rng = dist.all_gather_object(get_rng_state())
         dist.run_on_main(lambda: ckpt.save_training_state(
             ckpt.latest_path(self.cfg), method=self.method, optimizer=self.optimizer, scaler=self.scaler,
             epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng,
@@ -297,7 +289,7 @@ class _Loop:
 
     def evaluate(self, state: LoopState) -> None:
         dist.broadcast_buffers(self.method)  # evaluate on every rank the network rank 0 snapshots
-        with ckpt.preserved_cpu_rng():
+        with preserved_cpu_rng():
             state.result = self.evaluator.run(self.method.eval_network(), self.val_dataset)
         state.eval_at = state.global_iter
         self.log.evaluation(state.result, state.global_iter)
@@ -338,7 +330,7 @@ def _forward_backward(ddp_call, ddp, batches, accum, device, dtype, scaler, chan
     """
     sums: dict[str, torch.Tensor] = {}
     for m in range(accum):
-        with ckpt.preserved_cpu_rng():
+        with preserved_cpu_rng():
             batch = next(batches, None)
         if batch is None:
             raise RuntimeError(f"the loader's epoch ended before {accum} micro-batches of an iteration")
@@ -369,7 +361,7 @@ def _log_predictions(log, method, batch, palette, step, dtype, device, count: in
     modes = [(m, m.training) for m in net.modules()]
     net.eval()
     try:
-        with ckpt.preserved_cpu_rng(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with preserved_cpu_rng(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(batch["image_l"][:count])
         if isinstance(logits, (tuple, list)):
             logits = logits[0]

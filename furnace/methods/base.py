@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..losses import supervised_loss
 from ..utils import UserError
 
 
@@ -48,6 +49,11 @@ class Method(nn.Module):
         for network in self._frozen.values():
             network._apply(fn)
         return self
+
+    def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The config's supervised loss (``sup_loss``, ``ohem_thresh``, ``ohem_min_kept``) of ``logits``."""
+        cfg = self.cfg
+        return supervised_loss(logits, target, cfg.sup_loss, cfg.ohem_thresh, cfg.ohem_min_kept)
 
     # -- hooks for the engine -----------------------------------------------------------------
     def eval_network(self) -> nn.Module:

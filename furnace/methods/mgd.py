@@ -10,7 +10,6 @@ from ..losses import (
     mix_by_mask,
     pixel_consistency_loss,
     semantic_sensitive_loss,
-    supervised_loss,
 )
 from .base import Method, build_network, check_pretrained, load_teacher
 from .teachers import FrozenTeacher
@@ -99,7 +98,7 @@ class MGD(Method):
             logits_l = self.student(x_l)
             logits_m, feat_m = self.student(x_m, return_feature=True)
 
-        sup = supervised_loss(cfg, logits_l, y)
+        sup = self.supervised_loss(logits_l, y)
         pixel_l = pixel_consistency_loss(logits_l, deep["pseudo_l"]) + pixel_consistency_loss(logits_l, wide["pseudo_l"])
         pixel_u = pixel_consistency_loss(logits_m, deep["pseudo_m"]) + pixel_consistency_loss(logits_m, wide["pseudo_m"])
         image = semantic_sensitive_loss(logits_m, deep["logits_m"])
