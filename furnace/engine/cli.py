@@ -6,29 +6,21 @@ A UserError anywhere prints ``error: <message>`` on stderr and exits with status
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
 from pathlib import Path
 
 from ..utils import UserError
+from ..utils import user_errors as _user_errors
 from . import dist
 
 
-@contextlib.contextmanager
 def user_errors():
-    """Turn a UserError into ``error: <message>`` on stderr and exit status 2 (Ctrl-C: status 130)."""
-    try:
-        yield
-    except UserError as err:
-        prefix = f"[rank {dist.get_rank()}] " if dist.get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr, flush=True)
-        dist.cleanup()
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr, flush=True)
-        sys.exit(130)
+    """:func:`furnace.utils.user_errors` for a process of a (possibly distributed) run: the message names
+    the rank when there are several, and the process leaves its group before it exits."""
+    return _user_errors(prefix=lambda: f"[rank {dist.get_rank()}] " if dist.get_world_size() > 1 else "",
+                        cleanup=dist.cleanup)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
 from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
-from .evaluator import Evaluator, dataset_meta
+from .evaluator import Evaluator, dataset_meta, eval_mode
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
 
@@ -357,15 +357,9 @@ def _log_predictions(log, method, batch, palette, step, dtype, device, count: in
     """TB images of the eval network's predictions on the first labeled images of ``batch``."""
     if "image_l" not in batch or "label_l" not in batch:
         return
-    net = method.eval_network()
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    try:
-        with preserved_cpu_rng(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(batch["image_l"][:count])
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        log.images(step, batch["image_l"][:count], batch["label_l"][:count], logits.argmax(1), palette)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(method.eval_network()) as net, preserved_cpu_rng(), \
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = net(batch["image_l"][:count])
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    log.images(step, batch["image_l"][:count], batch["label_l"][:count], logits.argmax(1), palette)

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine import dist
 from ..losses import supervised_loss
 from ..utils import UserError
 
@@ -75,7 +76,7 @@ def build_network(cfg) -> nn.Module:
         pretrained=cfg.pretrained,
         width_mult=cfg.width_mult,
         head_channels=cfg.head_channels,
-        verbose=_is_main_process(),
+        verbose=dist.is_main(),
     )
 
 
@@ -112,9 +113,3 @@ def load_teacher(cfg, key: str) -> nn.Module:
             f"{key}_arch={want_arch!r} and num_classes={cfg.num_classes} are expected; point {key} to the right file"
         )
     return load_segmentor(path, map_location="cpu")
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or (
-        torch.distributed.get_rank() == 0
-    )
