@@ -27,6 +27,7 @@ from easydict import EasyDict
 from .utils import UserError
 
 ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
+DEFAULT_OUTPUT_STRIDE = {"resnet18": 16, "mobilenetv2": 32, "resnet101": 16, "wrn50_2": 16}  # the reference's
 METHODS = ("supervised", "cps", "mgd")
 DATASETS = ("voc", "city", "synthetic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,7 +207,7 @@ def resolve_config(C: EasyDict, world_size: int = 1) -> EasyDict:
             )
         C.epochs = int(C.epochs_per_ratio[key])
     if not C.output_stride:
-        C.output_stride = 32 if C.arch == "mobilenetv2" else 16
+        C.output_stride = DEFAULT_OUTPUT_STRIDE[C.arch]
     if C.pretrained == "auto":
         C.pretrained = str(model_weight_dir(C) / f"{C.arch}.pth")
     if C.method == "mgd":

@@ -1,11 +1,14 @@
-"""Small helpers shared by every part of furnace: user-facing errors and safe file I/O."""
+"""Small helpers shared by every part of furnace: user-facing errors (and the one way a command ends on
+one), the label value of void pixels, and safe file I/O."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -16,6 +19,39 @@ class UserError(Exception):
     Entry points print ``str(err)`` as one line and exit with status 2, without a traceback.
     The message must name the offending file, key or value and say what to do.
     """
+
+
+IGNORE_INDEX = 255  # the label value of void pixels: every layout's, the losses' and the augmentation's default
+
+
+class UserErrorExit(SystemExit):
+    """How a command ends after a UserError: exit status 2 (see :func:`user_errors`)."""
+
+
+@contextlib.contextmanager
+def user_errors(prefix: Callable[[], str] = lambda: "", cleanup: Callable[[], Any] | None = None):
+    """The one way a command ends on a UserError: one ``<prefix>error: <message>`` line on stderr, then
+    ``cleanup()`` and exit status 2 (:class:`UserErrorExit`), without a traceback. Ctrl-C: ``aborted``, 130."""
+    try:
+        yield
+    except UserError as err:
+        print(f"{prefix()}error: {err}", file=sys.stderr, flush=True)
+        if cleanup is not None:
+            cleanup()
+        raise UserErrorExit(2) from None
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def run_cli(body: Callable[[], int | None]) -> int:
+    """A tool's ``main``: the exit status of ``body()`` (None = 0), or 2 after a UserError, which
+    :func:`user_errors` reports."""
+    try:
+        with user_errors():
+            return body() or 0
+    except UserErrorExit as stop:
+        return stop.code
 
 
 # A UserError raised in a DataLoader worker would reach the main process wrapped in a traceback

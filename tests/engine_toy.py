@@ -207,7 +207,7 @@ def main(argv=None):
     p.add_argument("--result", default="")
     args = p.parse_args(argv)
 
-    from furnace.engine import eval_main, train_main
+    from furnace.run import eval_main, train_main
 
     install_toy_snapshot_io()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_toy import build_toy, toy_config, toy_load_snapshot, toy_save_snapshot  # noqa: E402
 
 from furnace.engine import checkpoint as ckpt  # noqa: E402
-from furnace.engine import eval_main, train_main  # noqa: E402
+from furnace.run import eval_main, train_main  # noqa: E402
 from furnace.engine.cli import select_snapshots  # noqa: E402
 
 

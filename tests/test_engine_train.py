@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_toy import build_toy, toy_config, toy_load_snapshot, toy_save_snapshot  # noqa: E402
 
 from furnace.engine import checkpoint as ckpt  # noqa: E402
+from furnace.engine import rng  # noqa: E402
 from furnace.engine import train  # noqa: E402
 from furnace.engine.optim import build_optimizer, param_groups, poly_lr  # noqa: E402
 from furnace.utils import UserError, safe_load  # noqa: E402
@@ -125,12 +126,12 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
     import numpy as np
 
-    state = ckpt.get_rng_state()
+    state = rng.get_rng_state()
     from furnace.utils import atomic_save
 
     atomic_save({"rng": [state]}, tmp_path / "rng.pth")
     expected = (random.random(), np.random.rand(), torch.rand(1))
-    ckpt.set_rng_state(safe_load(tmp_path / "rng.pth")["rng"][0])
+    rng.set_rng_state(safe_load(tmp_path / "rng.pth")["rng"][0])
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
 
 
@@ -168,7 +169,7 @@ def test_stop_request_ignores_quick_repeats_and_aborts_on_a_later_one(monkeypatc
     import signal
     import time
 
-    from furnace.engine.trainer import StopRequest
+    from furnace.engine.dist import StopRequest
 
     monkeypatch.setattr(StopRequest, "ABORT_AFTER_S", 0.2)
     before = signal.getsignal(signal.SIGINT)

@@ -181,7 +181,7 @@ def test_a_version_1_segmentor_file_is_refused_naming_the_migration_and_migrates
 
 
 def test_eval_py_refuses_a_version_1_snapshot_with_the_one_line_message(tmp_path, capsys):
-    from furnace.engine import eval_main
+    from furnace.run import eval_main
     from furnace.models import build_model
 
     net = build_model("resnet18", 7, width_mult=0.25, head_channels=32, verbose=False)
@@ -201,6 +201,7 @@ def test_eval_py_refuses_a_version_1_snapshot_with_the_one_line_message(tmp_path
 
 def test_a_version_1_training_checkpoint_is_refused_and_a_migrated_one_resumes_the_same_optimisation(tmp_path):
     from furnace.engine import checkpoint as ckpt
+    from furnace.engine.rng import get_rng_state
     from furnace.engine.optim import build_optimizer
     from furnace.models import build_model
 
@@ -224,7 +225,7 @@ def test_a_version_1_training_checkpoint_is_refused_and_a_migrated_one_resumes_t
     sgd_step(old, old_opt)  # momentum buffers exist
     path = tmp_path / "latest.pth"
     ckpt.save_training_state(path, method=old, optimizer=old_opt, scaler=None, epoch=0, iter_in_epoch=1,
-                             global_iter=1, rng=[ckpt.get_rng_state()], cfg=C)
+                             global_iter=1, rng=[get_rng_state()], cfg=C)
     state = torch.load(path, weights_only=True)
     state["version"] = 1
     torch.save(state, path)

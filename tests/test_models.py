@@ -344,7 +344,7 @@ def test_official_conversion_reproduces_the_logits_exactly(tmp_path, capsys):
 
 
 def test_official_wide_teacher_fc_is_known_unused():
-    from furnace.models.checkpoint import official_to_segmentor
+    from furnace.models.weights import official_to_segmentor
 
     state = dict(full_model("wrn50_2").state_dict())
     state["backbone.fc.weight"], state["backbone.fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)

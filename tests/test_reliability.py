@@ -30,7 +30,7 @@ from furnace.config import synthetic_config
 from furnace.datasets import check_dataset
 from furnace.datasets.make_synthetic import generate
 from furnace.engine import checkpoint as ckpt
-from furnace.engine import eval_main, train_main
+from furnace.run import eval_main, train_main
 from furnace.models import build_model, load_imagenet_weights, load_segmentor, save_segmentor
 from furnace.tools import convert_official as convert_tool
 from furnace.utils import UserError, safe_load
@@ -46,7 +46,7 @@ C = config = synthetic_config(__file__)
 C.update({TINY!r})
 """
 TRAIN_PY = """from config import config
-from furnace.engine import train_main
+from furnace.run import train_main
 
 if __name__ == "__main__":
     train_main(config)

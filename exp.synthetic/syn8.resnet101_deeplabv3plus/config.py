@@ -1,7 +1,8 @@
 """Synthetic demo, 1/8 labeled, deep teacher T_D: DeepLabv3+ ResNet-101 family trained with CPS + CutMix.
 
-The shared demo recipe (small networks, 64 px crops, schedule) is furnace.config.synthetic_config;
-this file states what differs. Override anything on the command line: `python train.py KEY=VALUE`.
+The dataset's recipe (small networks, 64 px crops, schedule) is furnace.config.synthetic_config; this
+file states what differs from it and the values people change. Override anything on the command line:
+`python train.py KEY=VALUE`.
 """
 from furnace.config import synthetic_config
 
@@ -13,3 +14,4 @@ C.epochs_per_ratio = {"16": 12, "8": 12, "4": 14, "2": 20}  # longer than the st
 # From scratch, 416 iterations (a supervised ResNet-18 on the earlier data): 0.03 beat 0.01 (46 vs 40 mIoU)
 # and 0.06-0.2 (36-38).
 C.lr = 0.03
+C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet101.pth (what the students load)

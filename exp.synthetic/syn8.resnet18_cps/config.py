@@ -1,7 +1,8 @@
 """Synthetic demo, 1/8 labeled, baseline: ResNet-18 student trained with CPS + CutMix, no teachers.
 
-The shared demo recipe (small networks, 64 px crops, schedule) is furnace.config.synthetic_config;
-this file states what differs. Override anything on the command line: `python train.py KEY=VALUE`.
+The dataset's recipe (small networks, 64 px crops, schedule) is furnace.config.synthetic_config; this
+file states what differs from it and the values people change. Override anything on the command line:
+`python train.py KEY=VALUE`.
 """
 from furnace.config import synthetic_config
 
@@ -9,3 +10,6 @@ C = config = synthetic_config(__file__)
 C.labeled_ratio = 8
 C.method = "cps"
 C.arch = "resnet18"
+C.lr = 0.015  # synthetic_config's student lr
+C.epochs_per_ratio = {"16": 4, "8": 4, "4": 5, "2": 8}  # the students' schedule (synthetic_config's)
+C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet18.pth

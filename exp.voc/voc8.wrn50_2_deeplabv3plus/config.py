@@ -1,39 +1,14 @@
 """PASCAL VOC 2012, wide teacher T_W: DeepLabv3+ Wide-ResNet-50-2 trained with CPS + CutMix.
 
-Edit the values below (or override any of them on the command line: `python train.py KEY=VALUE`).
+The dataset's recipe is furnace.config.voc_config; this file states what differs from it and the values
+people change. Override anything on the command line: `python train.py KEY=VALUE`.
 """
 from furnace.config import voc_config
 
 C = config = voc_config(__file__)
-
-# -- data
 C.labeled_ratio = 8  # 1/N labeled: 16, 8, 4 or 2 selects the split lists, epochs and teacher files
-C.crop_size = 512
-C.train_scales = [0.5, 0.75, 1.0, 1.5, 1.75, 2.0]
-C.num_workers = 4
-
-# -- model
-C.arch = "wrn50_2"
-C.output_stride = 16
-C.pretrained = "auto"  # DATA/model-weight/wrn50_2.pth (torchvision or timm ImageNet state dict)
-
-# -- method
 C.method = "cps"
-C.sup_loss = "ce"
-C.lambda_cps = 1.0
-C.export_teacher = ""  # "" -> DATA/model-weight/teachers/voc_1-<ratio>_wrn50_2.pth (what the students load)
-
-# -- optimisation: effective values for the global batch, on any number of GPUs
-C.global_batch = 8
-C.micro_batch = 0  # per-GPU forward batch; smaller -> gradient accumulation (0 = global / GPUs)
+C.arch = "wrn50_2"  # ImageNet weights: DATA/model-weight/wrn50_2.pth (torchvision or timm state dict)
 C.lr = 0.001
-C.momentum = 0.9
-C.weight_decay = 0.0004  # not applied to biases and norm parameters
-C.lr_power = 0.9  # poly schedule, per iteration
 C.epochs_per_ratio = {"16": 32, "8": 34, "4": 40, "2": 60}  # constant total iterations
-C.amp = "auto"  # bf16 on GPUs that support it, else fp16; off on CPU
-
-# -- evaluation
-C.eval_crop = 512  # sliding window, stride ceil(2/3 * crop)
-C.eval_scales = [1.0]
-C.eval_flip = False
+C.export_teacher = ""  # "" -> DATA/model-weight/teachers/voc_1-<ratio>_wrn50_2.pth (what the students load)

@@ -1,5 +1,5 @@
 """Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing,
-and the tools' common error handling."""
+(their error handling: furnace.utils.run_cli)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,3 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     if not ok:
         raise UserError(f"{path}: cannot encode PNG")
     path.write_bytes(data.tobytes())
-
-
-def run_cli(main_body) -> int:
-    """Run a tool's body; a UserError is printed as one ``error:`` line and gives exit status 2."""
-    try:
-        return main_body() or 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..utils import UserError
+from ..utils import IGNORE_INDEX, UserError
 from .layouts import DatasetLayout, read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +55,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
 
     Values must lie in ``[0, num_classes) ∪ {ignore_index}``. A palette PNG (whose colours cv2 would
@@ -97,7 +97,7 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = 25
     return label
 
 
-def read_pair(image_path, label_path, num_classes: int, ignore_index: int = 255):
+def read_pair(image_path, label_path, num_classes: int, ignore_index: int = IGNORE_INDEX):
     """``(image, label)`` of one sample with all checks of :func:`read_image` / :func:`read_label`
     plus equal sizes (UserError naming both files otherwise)."""
     image = read_image(image_path)

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
-
-IGNORE_INDEX = 255
+from ..utils import IGNORE_INDEX, UserError
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:

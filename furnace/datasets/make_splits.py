@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
-from ._util import run_cli
+from ..utils import UserError, run_cli
 from .layouts import detect_list_format, read_list
 
 DEFAULT_RATIOS = (16, 8, 4, 2)

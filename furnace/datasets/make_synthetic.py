@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from .layouts import SYNTHETIC_CLASSES, get_layout
+from ..utils import UserError, run_cli
 from .make_splits import DEFAULT_RATIOS, write_splits
 
 DEFAULT_NUM_TRAIN = 480
@@ -264,12 +265,15 @@ def main(argv=None) -> int:
     if len(args.size) not in (1, 2):
         parser.error("--size takes one value or WIDTH HEIGHT")
     size = args.size[0] if len(args.size) == 1 else (args.size[1], args.size[0])
-    try:
-        root = generate(args.root, args.seed, args.num_train, args.num_val, size, args.ratios, progress=True)
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"wrote {args.num_train} train + {args.num_val} val images to {root}")
-    return 0
+
+    def body():
+        try:
+            root = generate(args.root, args.seed, args.num_train, args.num_val, size, args.ratios, progress=True)
+        except ValueError as err:
+            raise UserError(f"make_synthetic: {err}") from err
+        print(f"wrote {args.num_train} train + {args.num_val} val images to {root}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

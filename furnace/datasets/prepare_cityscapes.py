@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..utils import UserError
-from ._util import default_workers, progress_map, run_cli, write_png
-from .layouts import CITY_LABELID_TO_TRAINID, IGNORE_INDEX
+from ..utils import IGNORE_INDEX, UserError, run_cli
+from ._util import default_workers, progress_map, write_png
+from .layouts import CITY_LABELID_TO_TRAINID
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
-from ._util import default_workers, progress_map, run_cli, write_png
+from ..utils import UserError, run_cli
+from ._util import default_workers, progress_map, write_png
 from .layouts import get_layout, voc_colormap
 
 NUM_CLASSES = 21

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..utils import IGNORE_INDEX
 
 # A per-channel table of the 256 possible results: cv2.LUT applies it ~6x faster than float arithmetic.
 _NORMALIZE_LUT = (
@@ -63,7 +64,7 @@ def _axis_window(side: int, crop: int, rng: np.random.Generator) -> tuple[slice,
 
 
 def crop_normalize(
-    image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator, ignore_index: int = 255
+    image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator, ignore_index: int = IGNORE_INDEX
 ):
     """Normalise and random-crop / centre-pad to ``crop`` (int or (h, w)).
 
@@ -84,7 +85,7 @@ def crop_normalize(
 
 
 def train_transform(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales, ignore_index: int = 255
+    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales, ignore_index: int = IGNORE_INDEX
 ):
     """The full SPEC §3 training augmentation of one sample.
 

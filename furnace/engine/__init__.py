@@ -1,10 +1,9 @@
 """The training engine: one loop for every method, the evaluator, checkpoints, logging, DDP helpers.
 
-Nothing here knows about MGD: a method is an ``nn.Module`` returning named losses (see ``trainer``).
+Nothing here knows about MGD or builds a method: the parts are handed in (see ``trainer``); the
+experiment folders' commands live one layer up, in :mod:`furnace.run`.
 """
-from .cli import eval_main, train_main
 from .evaluator import Evaluator, evaluate, format_results, metrics_from_confusion, sliding_windows
 from .trainer import train
 
-__all__ = ["train", "train_main", "eval_main", "Evaluator", "evaluate", "format_results",
-           "metrics_from_confusion", "sliding_windows"]
+__all__ = ["train", "Evaluator", "evaluate", "format_results", "metrics_from_confusion", "sliding_windows"]

@@ -14,25 +14,22 @@ Run directory layout (``cfg.output_dir``)::
     scaler      GradScaler.state_dict() ({} unless fp16 AMP)
     epoch       0-based epoch in progress; iter_in_epoch: iterations of it already done
     global_iter completed optimizer steps = the LR-schedule position
-    rng         one dict per rank: python / numpy / torch CPU / CUDA generator states
+    rng         one dict per rank: python / numpy / torch CPU / CUDA generator states (engine/rng.py)
     world_size  process count that wrote it (RNG states are per rank)
     config      the resolved config as a plain dict
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import config_to_dict
-from ..models.checkpoint import old_decoder_order_message
+from ..models.weights import old_decoder_order_message
 from ..utils import UserError, atomic_save, safe_load
 
 TRAIN_STATE_FORMAT = "mgd-ssss.train-state"
@@ -58,58 +55,6 @@ def keep_snapshot(epoch: int, total_epochs: int, last: int, every: int) -> bool:
     always the final epoch. With 34 epochs and last=14 that is epochs 21..34.
     """
     return epoch >= total_epochs or epoch > total_epochs - last or (every > 0 and epoch % every == 0)
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-
-def get_rng_state() -> dict:
-    """This process's generator states as tensors and plain values (weights_only-loadable)."""
-    version, py_state, gauss = random.getstate()
-    np_key, np_state, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": int(version), "state": [int(v) for v in py_state], "gauss": gauss},
-        "numpy": {
-            "key": str(np_key),
-            "state": torch.from_numpy(np.asarray(np_state, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-    }
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`get_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-@contextlib.contextmanager
-def preserved_cpu_rng():
-    """Run a block without letting it advance the python / numpy / torch CPU generators.
-
-    Data loading is a deterministic function of (seed, epoch, position) and must not draw from the
-    global generators the method uses (a DataLoader draws a base seed whenever an iterator starts,
-    and a resumed run starts its iterator at a different iteration than an uninterrupted one).
-    """
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
 
 
 # ----------------------------------------------------------------------------- latest.pth

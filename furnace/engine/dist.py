@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -197,3 +199,51 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class StopRequest:
+    """SIGTERM / SIGINT handler for the duration of a ``with`` block.
+
+    The first signal only sets ``requested``: the loop finishes the current iteration, saves and exits.
+    The same signal again, a second or more later, aborts at once (KeyboardInterrupt). Other repeats
+    are ignored: Ctrl-C on ``torchrun`` reaches each worker twice (from the terminal and forwarded by
+    torchrun), and that must not skip the save.
+    """
+
+    ABORT_AFTER_S = 1.0
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, announce: bool = True):
+        self._pid = os.getpid()
+        self.requested = False
+        self.signum = 0
+        self._first_at = 0.0
+        self.announce = announce
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self._pid:
+            return  # a forked data-loading worker inherited the handler: the main process decides
+        if self.requested:
+            if signum == self.signum and time.monotonic() - self._first_at >= self.ABORT_AFTER_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self.signum, self._first_at = True, signum, time.monotonic()
+        if self.announce:
+            sys.stderr.write(f"\nreceived {signal.Signals(signum).name}: finishing the current iteration, then "
+                             "saving checkpoints/latest.pth (send it again to abort without saving)\n")
+            sys.stderr.flush()
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False

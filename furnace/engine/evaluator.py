@@ -20,6 +20,7 @@ evaluated by exactly one process.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.layouts import colorize, get_layout
 from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
-from .checkpoint import preserved_cpu_rng
+from .rng import preserved_cpu_rng
 
 # ----------------------------------------------------------------------------- geometry
 
@@ -187,13 +188,16 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[\\/:]+", "_", str(name)).strip("._") or "image"
 
 
-def _module_modes(net: torch.nn.Module) -> list:
-    return [(m, m.training) for m in net.modules()]
-
-
-def _restore_modes(modes: list) -> None:
-    for m, training in modes:
-        m.training = training
+@contextlib.contextmanager
+def eval_mode(net: torch.nn.Module):
+    """``net`` in eval mode for the block; every submodule's own train/eval flag is restored after it."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class Evaluator:
@@ -291,30 +295,25 @@ class Evaluator:
         if out_dir is not None:
             (out_dir / "index").mkdir(parents=True, exist_ok=True)
             (out_dir / "color").mkdir(parents=True, exist_ok=True)
-        modes = _module_modes(network)
-        network.eval()
-        try:
-            with preserved_cpu_rng():
-                loader = torch.utils.data.DataLoader(
-                    _Samples(dataset, indices), batch_size=None, collate_fn=_identity,
-                    num_workers=min(self.num_workers, len(indices)),
-                )
-                if progress and dist.is_main():
-                    from tqdm import tqdm
+        with eval_mode(network), preserved_cpu_rng():
+            loader = torch.utils.data.DataLoader(
+                _Samples(dataset, indices), batch_size=None, collate_fn=_identity,
+                num_workers=min(self.num_workers, len(indices)),
+            )
+            if progress and dist.is_main():
+                from tqdm import tqdm
 
-                    loader = tqdm(loader, total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0)
-                for sample in loader:
-                    sample = raise_item_error(sample)
-                    pred = self.predict(network, sample["image"]).argmax(0)
-                    gt = torch.from_numpy(np.asarray(sample["label"])).to(self.device)
-                    if gt.shape != pred.shape:
-                        raise UserError(f"val image {sample.get('name', '?')}: label size {tuple(gt.shape)} "
-                                        f"differs from image size {tuple(pred.shape)}; run the dataset check")
-                    conf += confusion_matrix(pred, gt, self.num_classes)
-                    if out_dir is not None:
-                        self._save_prediction(out_dir, sample["name"], pred.to(torch.uint8).cpu().numpy())
-        finally:
-            _restore_modes(modes)
+                loader = tqdm(loader, total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0)
+            for sample in loader:
+                sample = raise_item_error(sample)
+                pred = self.predict(network, sample["image"]).argmax(0)
+                gt = torch.from_numpy(np.asarray(sample["label"])).to(self.device)
+                if gt.shape != pred.shape:
+                    raise UserError(f"val image {sample.get('name', '?')}: label size {tuple(gt.shape)} "
+                                    f"differs from image size {tuple(pred.shape)}; run the dataset check")
+                conf += confusion_matrix(pred, gt, self.num_classes)
+                if out_dir is not None:
+                    self._save_prediction(out_dir, sample["name"], pred.to(torch.uint8).cpu().numpy())
         conf = dist.all_reduce_sum(conf)
         return metrics_from_confusion(conf.cpu().numpy(), self.class_names)
 

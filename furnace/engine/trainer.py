@@ -1,22 +1,26 @@
 """The one training loop, for any method (supervised, CPS, MGD): the loop knows nothing about them.
 
 A method is an ``nn.Module`` whose parameters are exactly the trained networks; ``method(batch)``
-returns a dict of scalar losses whose ``"loss"`` is the total. One optimizer iteration consumes
-``accum = global_batch / world_size / micro_batch`` micro-batches on every process; each micro-batch
-loss is scaled by ``1/accum`` and DDP averages over processes, so an iteration applies the gradient of
-the mean over the global batch whatever the number of processes.
+returns a dict of scalar losses whose ``"loss"`` is the total. The parts (method, loader, val set) are
+built above the engine, by :mod:`furnace.run`, and handed in. Names: ``method`` is the unwrapped module
+(what is saved, evaluated and snapshotted), ``ddp`` the DistributedDataParallel wrapper around it (the
+method itself in a single process) and ``ddp_call`` what each micro-batch goes through (``ddp``,
+compiled when ``cfg.compile``).
+
+One optimizer iteration consumes ``accum = global_batch / world_size / micro_batch`` micro-batches on
+every process; each micro-batch loss is scaled by ``1/accum`` and DDP averages over processes, so an
+iteration applies the gradient of the mean over the global batch whatever the number of processes.
+The loop's steps are the methods of :class:`_Loop`: ``restore``, ``iteration``, ``end_of_epoch``,
+``finish``, around a :class:`LoopState`.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import signal
-import sys
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,68 +28,14 @@ from ..config import accumulation_steps, config_to_dict, resolve_config, validat
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
-from .evaluator import Evaluator, dataset_meta
+from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
+from .evaluator import Evaluator, dataset_meta, eval_mode
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
 
 # config keys whose change on resume is routine (not worth a note in the log)
 _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "num_workers", "log_every", "tb_images_every",
                  "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name"}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device) generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class StopRequest:
-    """SIGTERM / SIGINT handler for the duration of a ``with`` block.
-
-    The first signal only sets ``requested``: the loop finishes the current iteration, saves and exits.
-    The same signal again, a second or more later, aborts at once (KeyboardInterrupt). Other repeats
-    are ignored: Ctrl-C on ``torchrun`` reaches each worker twice (from the terminal and forwarded by
-    torchrun), and that must not skip the save.
-    """
-
-    ABORT_AFTER_S = 1.0
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, announce: bool = True):
-        self._pid = os.getpid()
-        self.requested = False
-        self.signum = 0
-        self._first_at = 0.0
-        self.announce = announce
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if os.getpid() != self._pid:
-            return  # a forked data-loading worker inherited the handler: the main process decides
-        if self.requested:
-            if signum == self.signum and time.monotonic() - self._first_at >= self.ABORT_AFTER_S:
-                raise KeyboardInterrupt
-            return
-        self.requested, self.signum, self._first_at = True, signum, time.monotonic()
-        if self.announce:
-            sys.stderr.write(f"\nreceived {signal.Signals(signum).name}: finishing the current iteration, then "
-                             "saving checkpoints/latest.pth (send it again to abort without saving)\n")
-            sys.stderr.flush()
-
-    def __enter__(self):
-        for s in self.SIGNALS:
-            try:
-                self._previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -124,13 +74,13 @@ def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
     return state
 
 
-def train(cfg, *, method=None, loader=None, val_dataset=None, resume: str = "") -> dict:
+def train(cfg, *, method, loader, val_dataset, resume: str = "") -> dict:
     """Train ``method`` with the recipe ``cfg`` (a base or resolved config), on this process's share.
 
-    Under torchrun every process calls it. ``method`` / ``loader`` / ``val_dataset`` default to
-    ``furnace.methods.build_method(cfg)``, ``furnace.datasets.TrainLoader(...)`` and
-    ``furnace.datasets.build_val_dataset(cfg)``. ``resume``: ``""`` fresh, ``"auto"`` continue from
-    ``output_dir/checkpoints/latest.pth`` when present, or a path to such a file.
+    Under torchrun every process calls it, each with its own ``loader`` (this rank's share of every
+    global batch) and the same ``val_dataset``; :func:`furnace.run.train` builds the three from the
+    config. ``resume``: ``""`` fresh, ``"auto"`` continue from ``output_dir/checkpoints/latest.pth``
+    when present, or a path to such a file.
 
     Writes ``checkpoints/latest.pth`` every epoch (and every ``save_every_iters``), snapshots
     ``checkpoints/epoch-<e>.pth`` by the snapshot rule, ``log.txt`` and ``tb/``. SIGTERM/SIGINT finish
@@ -140,14 +90,9 @@ def train(cfg, *, method=None, loader=None, val_dataset=None, resume: str = "") 
     latest, output_dir, signal)``; ``eval`` is the final evaluation (see :func:`evaluate`), None
     when interrupted.
     """
-    # Config and data errors first, before joining the process group: they stop every process alike,
-    # so none is left waiting in the rendezvous. The data check precedes resolution so that a
-    # labeled_ratio without split lists is reported as such rather than as a missing epoch count.
+    # Config errors first, before joining the process group: they stop every process alike,
+    # so none is left waiting in the rendezvous.
     validate_config(cfg)
-    if cfg.check_data:
-        from furnace.datasets import check_dataset
-
-        check_dataset(cfg)
     cfg = resolve_config(cfg, dist.env_world_size())
     resume_path = ckpt.find_resume(cfg, resume)
     rank, world, device = dist.setup(cfg.device)
@@ -155,183 +100,228 @@ def train(cfg, *, method=None, loader=None, val_dataset=None, resume: str = "") 
     if resume == "auto" and resume_path is None:
         log.info(f"--resume auto: no {ckpt.latest_path(cfg)} yet, starting fresh")
     try:
-        return _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, log)
+        loop = _Loop(cfg, method, loader, val_dataset, rank, world, device, log, resume_path)
+        state = loop.restore(resume_path)
+        loop.wrap()
+        loop.plan(state)
+        loop.run(state)
+        return loop.finish(state)
     finally:
         log.close()
 
 
-def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, log) -> dict:
-    log.log_config(cfg)
-    if resume_path is None and ckpt.latest_path(cfg).is_file():
-        log.info(f"warning: starting fresh; {ckpt.latest_path(cfg)} will be overwritten "
-                 "(use --resume auto to continue that run instead)")
-    stale = dist.run_on_main(lambda: ckpt.remove_stale_temporaries(cfg))
-    if stale:
-        log.info(f"removed {len(stale)} partial file(s) an interrupted save left in {ckpt.checkpoint_dir(cfg)}")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(cfg.seed)  # identical initial weights on every process
-    if method is None:
-        from furnace.methods import build_method
+@dataclass
+class LoopState:
+    """Where the loop stands; ``latest.pth`` keeps the first three."""
 
-        method = build_method(cfg)
-    method.to(device)
-    seed_everything(cfg.seed + rank)  # per-process streams for everything the method draws in training
-    if cfg.channels_last:
-        method.to(memory_format=torch.channels_last)
-    if world > 1 and device.type == "cuda":
-        method = dist.sync_batchnorm(method, backbones=cfg.sync_bn_backbone)
-    optimizer = build_optimizer(method, cfg)
-    dtype = dist.amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    epoch: int = 0  # 0-based epoch in progress
+    it_in_epoch: int = 0  # iterations of it done
+    global_iter: int = 0  # optimizer steps done = the LR-schedule position
+    last_saved: int | None = None  # global_iter of this session's last latest.pth
+    snapshots: set = field(default_factory=set)  # epoch labels snapshotted in this session
+    result: dict | None = None  # the latest evaluation
+    eval_at: int = -1  # global_iter of that evaluation
+    stopped_by: int = 0  # the signal that interrupted the run (0: not interrupted)
+    started: float = 0.0  # wall time at the start of this session's loop
+    done_here: int = 0  # iterations of this session
 
-    epoch = it_in_epoch = global_iter = 0
-    if resume_path is not None:
-        state = _load_state(resume_path, method, optimizer, scaler, cfg, log)
-        epoch, it_in_epoch, global_iter = state["epoch"], state["iter_in_epoch"], state["global_iter"]
-        if state.get("world_size") == world:
-            ckpt.set_rng_state(state["rng"][rank])
+
+class _Loop:
+    """The parts of one training run and the loop's steps over a :class:`LoopState`."""
+
+    def __init__(self, cfg, method, loader, val_dataset, rank, world, device, log, resume_path):
+        self.cfg, self.loader, self.val_dataset = cfg, loader, val_dataset
+        self.rank, self.world, self.device, self.log = rank, world, device, log
+        self._prepare_output_dir(resume_path)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        method.to(device)
+        seed_everything(cfg.seed + rank)  # per-process streams for everything the method draws in training
+        if cfg.channels_last:
+            method.to(memory_format=torch.channels_last)
+        if world > 1 and device.type == "cuda":
+            method = dist.sync_batchnorm(method, backbones=cfg.sync_bn_backbone)
+        self.method = self.ddp = self.ddp_call = method
+        self.optimizer = build_optimizer(method, cfg)
+        self.dtype = dist.amp_dtype(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+    def _prepare_output_dir(self, resume_path) -> None:
+        cfg, log = self.cfg, self.log
+        log.log_config(cfg)
+        if resume_path is None and ckpt.latest_path(cfg).is_file():
+            log.info(f"warning: starting fresh; {ckpt.latest_path(cfg)} will be overwritten "
+                     "(use --resume auto to continue that run instead)")
+        stale = dist.run_on_main(lambda: ckpt.remove_stale_temporaries(cfg))
+        if stale:
+            log.info(f"removed {len(stale)} partial file(s) an interrupted save left in {ckpt.checkpoint_dir(cfg)}")
+
+    # -- before the first iteration -------------------------------------------------------------
+    def restore(self, resume_path) -> LoopState:
+        """A fresh :class:`LoopState`, or the one ``resume_path`` holds (networks, optimizer, RNG too)."""
+        state = LoopState()
+        if resume_path is None:
+            return state
+        saved = _load_state(resume_path, self.method, self.optimizer, self.scaler, self.cfg, self.log)
+        state.epoch, state.it_in_epoch, state.global_iter = \
+            saved["epoch"], saved["iter_in_epoch"], saved["global_iter"]
+        if saved.get("world_size") == self.world:
+            set_rng_state(saved["rng"][self.rank])
         else:
-            seed_everything(cfg.seed + rank + 7919 * global_iter)
-            log.info(f"note: {resume_path} was written by {state.get('world_size')} process(es), this run has "
-                     f"{world}; random streams restart (data order is unaffected)")
-        log.info(f"resumed from {resume_path}: epoch {epoch + 1}, iteration {global_iter}")
+            seed_everything(self.cfg.seed + self.rank + 7919 * state.global_iter)
+            self.log.info(f"note: {resume_path} was written by {saved.get('world_size')} process(es), this run "
+                          f"has {self.world}; random streams restart (data order is unaffected)")
+        self.log.info(f"resumed from {resume_path}: epoch {state.epoch + 1}, iteration {state.global_iter}")
+        return state
 
-    model = ddp = method
-    if world > 1:
-        ddp = model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
+    def wrap(self) -> None:
+        """``ddp``: DistributedDataParallel around the method when distributed; ``ddp_call``: compiled."""
+        if self.world > 1:
+            self.ddp = self.ddp_call = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:
+            self.ddp_call = torch.compile(self.ddp)
 
-    if loader is None:
-        from furnace.datasets import TrainLoader
+    def plan(self, state: LoopState) -> None:
+        """The schedule (iterations per epoch, accumulation, where to stop) and the evaluator."""
+        cfg, log = self.cfg, self.log
+        self.ipe = ipe = int(self.loader.iters_per_epoch)
+        if ipe <= 0:
+            raise UserError(f"config: the training lists give 0 iterations per epoch with global_batch="
+                            f"{cfg.global_batch}; use a smaller global_batch or more training images")
+        self.accum = accumulation_steps(cfg, self.world)
+        self.total = total = cfg.epochs * ipe
+        self.stop_at = stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
+        _, self.palette = dataset_meta(cfg)
+        self.evaluator = Evaluator(cfg, self.device)
+        log.total_iters, log.start_iter = stop_at, state.global_iter
+        dtype = self.dtype
+        log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, "
+                 f"amp {str(dtype).replace('torch.', '') if dtype else 'off'}; global batch {cfg.global_batch} = "
+                 f"{self.world} process(es) x {self.accum} micro-batch(es) x {cfg.micro_batch}; {ipe} "
+                 f"iterations/epoch x {cfg.epochs} epochs = {total} iterations"
+                 + (f", stopping at {stop_at}" if stop_at < total else ""))
+        if state.it_in_epoch >= ipe:  # the epoch got shorter since the checkpoint (other lists): start the next one
+            state.epoch, state.it_in_epoch = state.epoch + 1, 0
 
-        with ckpt.preserved_cpu_rng():
-            loader = TrainLoader(cfg, rank=rank, world_size=world,
-                                 need_unlabeled=getattr(method, "needs_unlabeled", True))
-    if val_dataset is None:
-        from furnace.datasets import build_val_dataset
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, state: LoopState) -> None:
+        """Epochs until ``stop_at`` or a stop request (SIGTERM/SIGINT on any process)."""
+        state.started = time.time()
+        self.log.start_bar()
+        with dist.StopRequest(announce=dist.is_main()) as stop:
+            while state.global_iter < self.stop_at and not state.stopped_by:
+                self.run_epoch(state, stop)
+        self.log.close_bar()
 
-        val_dataset = build_val_dataset(cfg)
-    ipe = int(loader.iters_per_epoch)
-    if ipe <= 0:
-        raise UserError(f"config: the training lists give 0 iterations per epoch with global_batch="
-                        f"{cfg.global_batch}; use a smaller global_batch or more training images")
-    accum = accumulation_steps(cfg, world)
-    total = cfg.epochs * ipe
-    stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
-    _, palette = dataset_meta(cfg)
-    evaluator = Evaluator(cfg, device)
-    log.total_iters, log.start_iter = stop_at, global_iter
-    log.info(f"training {type(method).__name__} on {world} process(es), device {device}, "
-             f"amp {str(dtype).replace('torch.', '') if dtype else 'off'}; global batch {cfg.global_batch} = "
-             f"{world} process(es) x {accum} micro-batch(es) x {cfg.micro_batch}; {ipe} iterations/epoch x "
-             f"{cfg.epochs} epochs = {total} iterations" + (f", stopping at {stop_at}" if stop_at < total else ""))
+    def run_epoch(self, state: LoopState, stop) -> None:
+        """The rest of the epoch in progress; saves ``latest.pth`` where the rules say, and on a stop."""
+        cfg = self.cfg
+        with preserved_cpu_rng():
+            batches = iter(self.loader.epoch(state.epoch, state.it_in_epoch))
+        while state.it_in_epoch < self.ipe and state.global_iter < self.stop_at:
+            stop_any = self.iteration(state, batches, stop)
+            epoch_done = state.it_in_epoch == self.ipe
+            if epoch_done:
+                self.end_of_epoch(state)
+            elif (cfg.save_every_iters > 0 and state.global_iter % cfg.save_every_iters == 0) \
+                    or state.global_iter == self.stop_at or stop_any:
+                self.save_latest(state)
+            if stop_any:  # the one interrupt path: the state is saved by now
+                state.stopped_by = stop.signum or int(signal.SIGTERM)
+            if epoch_done or stop_any:
+                return
 
-    if it_in_epoch >= ipe:  # the epoch got shorter since the checkpoint (other lists): start the next one
-        epoch, it_in_epoch = epoch + 1, 0
-    last_saved = [None]
-    snapshots_written: set[int] = set()
+    def iteration(self, state: LoopState, batches, stop) -> bool:
+        """One optimizer step; True when any process was asked to stop."""
+        cfg = self.cfg
+        lr = poly_lr(cfg.lr, state.global_iter, self.total, cfg.lr_power, cfg.warmup_iters)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        mean, stop_any, batch = _forward_backward(self.ddp_call, self.ddp, batches, self.accum, self.device,
+                                                  self.dtype, self.scaler, cfg.channels_last, stop)
+        self._check_finite(state, mean)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        state.global_iter += 1
+        state.it_in_epoch += 1
+        state.done_here += 1
+        ips = cfg.global_batch * state.done_here / max(time.time() - state.started, 1e-9)
+        self.log.iteration(state.global_iter, state.epoch, cfg.epochs, mean, lr, ips)
+        if cfg.tb_images_every > 0 and state.global_iter % cfg.tb_images_every == 0 and dist.is_main():
+            _log_predictions(self.log, self.method, batch, self.palette, state.global_iter, self.dtype, self.device)
+        return stop_any
 
-    def save_latest():
-        rng = dist.all_gather_object(ckpt.get_rng_state())
+    def _check_finite(self, state: LoopState, mean: dict) -> None:
+        bad = [k for k, v in mean.items() if not math.isfinite(v)]
+        if bad:
+            kept = (f"{ckpt.latest_path(self.cfg)} keeps the state after iteration {state.last_saved}"
+                    if state.last_saved is not None else "no checkpoint was written in this session")
+            raise UserError(
+                f"iteration {state.global_iter + 1} (epoch {state.epoch + 1}): non-finite loss "
+                f"{', '.join(f'{k}={mean[k]}' for k in bad)}; training stopped without saving "
+                f"({kept}). Lower lr, check the data, or use amp=bf16/none, then --resume auto")
+
+    def end_of_epoch(self, state: LoopState) -> None:
+        """Next epoch; ``latest.pth``, the snapshot and the evaluation the config asks for."""
+        cfg = self.cfg
+        state.epoch, state.it_in_epoch = state.epoch + 1, 0
+        self.save_latest(state)
+        if ckpt.keep_snapshot(state.epoch, cfg.epochs, cfg.snapshot_last, cfg.snapshot_every):
+            self.save_snapshot(state, state.epoch)
+        if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
+            self.evaluate(state)
+
+    # -- what the loop writes ---------------------------------------------------------------------
+    def save_latest(self, state: LoopState) -> None:
+        rng = dist.all_gather_object(get_rng_state())
         dist.run_on_main(lambda: ckpt.save_training_state(
-            ckpt.latest_path(cfg), method=method, optimizer=optimizer, scaler=scaler, epoch=epoch,
-            iter_in_epoch=it_in_epoch, global_iter=global_iter, rng=rng, cfg=cfg))
-        last_saved[0] = global_iter
+            ckpt.latest_path(self.cfg), method=self.method, optimizer=self.optimizer, scaler=self.scaler,
+            epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng,
+            cfg=self.cfg))
+        state.last_saved = state.global_iter
 
-    def save_snapshot(label: int):
-        net = method.eval_network()
+    def save_snapshot(self, state: LoopState, label: int) -> None:
+        net = self.method.eval_network()
         dist.run_on_main(lambda: ckpt.save_snapshot(
-            net, ckpt.snapshot_path(cfg, label), extra={"epoch": label, "iteration": global_iter}))
-        snapshots_written.add(label)
+            net, ckpt.snapshot_path(self.cfg, label), extra={"epoch": label, "iteration": state.global_iter}))
+        state.snapshots.add(label)
 
-    def run_eval():
-        dist.broadcast_buffers(method)  # evaluate on every rank the network rank 0 snapshots
-        with ckpt.preserved_cpu_rng():
-            res = evaluator.run(method.eval_network(), val_dataset)
-        log.evaluation(res, global_iter)
-        return res
+    def evaluate(self, state: LoopState) -> None:
+        dist.broadcast_buffers(self.method)  # evaluate on every rank the network rank 0 snapshots
+        with preserved_cpu_rng():
+            state.result = self.evaluator.run(self.method.eval_network(), self.val_dataset)
+        state.eval_at = state.global_iter
+        self.log.evaluation(state.result, state.global_iter)
 
-    status, signum, result, eval_at, stop_any = "finished", 0, None, -1, False
-    t_start, done_here = time.time(), 0
-    log.start_bar()
-    with StopRequest(announce=dist.is_main()) as stop:
-        while global_iter < stop_at:
-            with ckpt.preserved_cpu_rng():
-                batches = iter(loader.epoch(epoch, it_in_epoch))
-            while it_in_epoch < ipe and global_iter < stop_at:
-                lr = poly_lr(cfg.lr, global_iter, total, cfg.lr_power, cfg.warmup_iters)
-                set_lr(optimizer, lr)
-                optimizer.zero_grad(set_to_none=True)
-                mean, stop_any, batch = _forward_backward(model, ddp, batches, accum, device, dtype, scaler,
-                                                          cfg.channels_last, stop)
-                bad = [k for k, v in mean.items() if not math.isfinite(v)]
-                if bad:
-                    kept = (f"{ckpt.latest_path(cfg)} keeps the state after iteration {last_saved[0]}"
-                            if last_saved[0] is not None else "no checkpoint was written in this session")
-                    raise UserError(
-                        f"iteration {global_iter + 1} (epoch {epoch + 1}): non-finite loss "
-                        f"{', '.join(f'{k}={mean[k]}' for k in bad)}; training stopped without saving "
-                        f"({kept}). Lower lr, check the data, or use amp=bf16/none, then --resume auto")
-                scaler.step(optimizer)
-                scaler.update()
-                global_iter += 1
-                it_in_epoch += 1
-                done_here += 1
-                ips = cfg.global_batch * done_here / max(time.time() - t_start, 1e-9)
-                log.iteration(global_iter, epoch, cfg.epochs, mean, lr, ips)
-                if cfg.tb_images_every > 0 and global_iter % cfg.tb_images_every == 0 and dist.is_main():
-                    _log_predictions(log, method, batch, palette, global_iter, dtype, device)
-                if it_in_epoch == ipe:
-                    break  # epoch end is handled below
-                if (cfg.save_every_iters > 0 and global_iter % cfg.save_every_iters == 0) \
-                        or global_iter == stop_at or stop_any:
-                    save_latest()
-                if stop_any:
-                    status, signum = "interrupted", stop.signum or int(signal.SIGTERM)
-                    break
-            if status == "interrupted":
-                break
-            if it_in_epoch == ipe:
-                epoch, it_in_epoch = epoch + 1, 0
-                save_latest()
-                if ckpt.keep_snapshot(epoch, cfg.epochs, cfg.snapshot_last, cfg.snapshot_every):
-                    save_snapshot(epoch)
-                if cfg.eval_every_epochs > 0 and epoch % cfg.eval_every_epochs == 0:
-                    result, eval_at = run_eval(), global_iter
-                if stop_any:
-                    status, signum = "interrupted", stop.signum or int(signal.SIGTERM)
-                    break
-    log.close_bar()
-
-    out = {"status": status, "epoch": epoch, "global_iter": global_iter, "total_iters": total,
-           "latest": str(ckpt.latest_path(cfg)), "output_dir": str(cfg.output_dir), "signal": signum,
-           "eval": None, "miou": None}
-    if status == "interrupted":
-        log.info(f"interrupted by {signal.Signals(signum).name} after iteration {global_iter}; state saved to "
-                 f"{ckpt.latest_path(cfg)}. Continue with: train.py --resume auto (and the same KEY=VALUE "
-                 "overrides)")
+    def finish(self, state: LoopState) -> dict:
+        """The run's result; when not interrupted also the final snapshot, evaluation and results file."""
+        cfg, log = self.cfg, self.log
+        out = {"status": "interrupted" if state.stopped_by else "finished", "epoch": state.epoch,
+               "global_iter": state.global_iter, "total_iters": self.total, "latest": str(ckpt.latest_path(cfg)),
+               "output_dir": str(cfg.output_dir), "signal": state.stopped_by, "eval": None, "miou": None}
+        if state.stopped_by:
+            log.info(f"interrupted by {signal.Signals(state.stopped_by).name} after iteration {state.global_iter}; "
+                     f"state saved to {ckpt.latest_path(cfg)}. Continue with: train.py --resume auto (and the "
+                     "same KEY=VALUE overrides)")
+            return out
+        # the run's final network is always kept, also when max_iters stopped it mid-epoch
+        label = state.epoch + 1 if state.it_in_epoch else state.epoch
+        if label > 0 and label not in state.snapshots:
+            self.save_snapshot(state, label)
+        dist.run_on_main(lambda: self.method.on_train_end(cfg))
+        if state.eval_at != state.global_iter:
+            self.evaluate(state)
+        final, result = ckpt.snapshot_path(cfg, label), state.result
+        dist.run_on_main(lambda: ckpt.write_eval_results(
+            ckpt.eval_results_file(final), {final.name: ckpt.eval_entry(label, final, result, cfg)},
+            last=final.name))
+        log.info(f"finished: iteration {state.global_iter}/{self.total}, val mIoU {100 * result['miou']:.2f}")
+        out.update(eval=result, miou=result["miou"])
         return out
 
-    # the run's final network is always kept, also when max_iters stopped it mid-epoch
-    label = epoch + 1 if it_in_epoch else epoch
-    if label > 0 and label not in snapshots_written:
-        save_snapshot(label)
-    dist.run_on_main(lambda: method.on_train_end(cfg))
-    if eval_at != global_iter:
-        result = run_eval()
-    final = ckpt.snapshot_path(cfg, label)
-    dist.run_on_main(lambda: ckpt.write_eval_results(ckpt.eval_results_file(final),
-                                                     {final.name: ckpt.eval_entry(label, final, result, cfg)},
-                                                     last=final.name))
-    log.info(f"finished: iteration {global_iter}/{total}, val mIoU {100 * result['miou']:.2f}")
-    out.update(eval=result, miou=result["miou"])
-    return out
 
-
-def _forward_backward(model, ddp, batches, accum, device, dtype, scaler, channels_last, stop):
+def _forward_backward(ddp_call, ddp, batches, accum, device, dtype, scaler, channels_last, stop):
     """Gradients of one optimizer iteration: ``accum`` micro-batches, each loss scaled by ``1/accum``.
 
     DDP synchronises gradients only on the last micro-batch. Returns ``(mean, stop_any, last_batch)``:
@@ -340,7 +330,7 @@ def _forward_backward(model, ddp, batches, accum, device, dtype, scaler, channel
     """
     sums: dict[str, torch.Tensor] = {}
     for m in range(accum):
-        with ckpt.preserved_cpu_rng():
+        with preserved_cpu_rng():
             batch = next(batches, None)
         if batch is None:
             raise RuntimeError(f"the loader's epoch ended before {accum} micro-batches of an iteration")
@@ -348,7 +338,7 @@ def _forward_backward(model, ddp, batches, accum, device, dtype, scaler, channel
         sync = m == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
         with (contextlib.nullcontext() if sync else ddp.no_sync()):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                losses = model(batch)
+                losses = ddp_call(batch)
             if "loss" not in losses:
                 raise RuntimeError(f"the method returned {sorted(losses)} without 'loss'")
             scaler.scale(losses["loss"] / accum).backward()
@@ -367,15 +357,9 @@ def _log_predictions(log, method, batch, palette, step, dtype, device, count: in
     """TB images of the eval network's predictions on the first labeled images of ``batch``."""
     if "image_l" not in batch or "label_l" not in batch:
         return
-    net = method.eval_network()
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    try:
-        with ckpt.preserved_cpu_rng(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(batch["image_l"][:count])
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        log.images(step, batch["image_l"][:count], batch["label_l"][:count], logits.argmax(1), palette)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(method.eval_network()) as net, preserved_cpu_rng(), \
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = net(batch["image_l"][:count])
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    log.images(step, batch["image_l"][:count], batch["label_l"][:count], logits.argmax(1), palette)

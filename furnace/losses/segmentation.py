@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from ..utils import IGNORE_INDEX
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -48,8 +48,9 @@ def ohem_cross_entropy(
     return cross_entropy(logits, hard_target, ignore_index)
 
 
-def supervised_loss(cfg, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The configured supervised loss: ``cfg.sup_loss`` = "ce" (VOC) or "ohem" (Cityscapes)."""
-    if cfg.sup_loss == "ohem":
-        return ohem_cross_entropy(logits, target, cfg.ohem_thresh, cfg.ohem_min_kept)
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce", ohem_thresh: float = 0.7,
+                    ohem_min_kept: int = 50000) -> torch.Tensor:
+    """The supervised loss ``kind``: "ce" (VOC) or "ohem" (Cityscapes, with its threshold and minimum kept)."""
+    if kind == "ohem":
+        return ohem_cross_entropy(logits, target, ohem_thresh, ohem_min_kept)
     return cross_entropy(logits, target)

@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine import dist
+from ..losses import supervised_loss
 from ..utils import UserError
 
 
@@ -34,11 +36,25 @@ class Method(nn.Module):
     def frozen(self, name: str) -> nn.Module:
         return self._frozen[name]
 
+    def train(self, mode: bool = True):
+        """The trained networks follow ``mode``; each frozen network is told too and decides what it
+        means for it (a :class:`~furnace.methods.teachers.FrozenTeacher` stays in eval mode unless its
+        BN is meant to use batch statistics)."""
+        super().train(mode)
+        for network in self._frozen.values():
+            network.train(mode)
+        return self
+
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         for network in self._frozen.values():
             network._apply(fn)
         return self
+
+    def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The config's supervised loss (``sup_loss``, ``ohem_thresh``, ``ohem_min_kept``) of ``logits``."""
+        cfg = self.cfg
+        return supervised_loss(logits, target, cfg.sup_loss, cfg.ohem_thresh, cfg.ohem_min_kept)
 
     # -- hooks for the engine -----------------------------------------------------------------
     def eval_network(self) -> nn.Module:
@@ -60,7 +76,7 @@ def build_network(cfg) -> nn.Module:
         pretrained=cfg.pretrained,
         width_mult=cfg.width_mult,
         head_channels=cfg.head_channels,
-        verbose=_is_main_process(),
+        verbose=dist.is_main(),
     )
 
 
@@ -97,9 +113,3 @@ def load_teacher(cfg, key: str) -> nn.Module:
             f"{key}_arch={want_arch!r} and num_classes={cfg.num_classes} are expected; point {key} to the right file"
         )
     return load_segmentor(path, map_location="cpu")
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or (
-        torch.distributed.get_rank() == 0
-    )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import cps_loss, cutmix_pseudo_label, mix_by_mask, supervised_loss
+from ..losses import cps_loss, cutmix_pseudo_label, mix_by_mask
 from .base import Method, build_network, check_pretrained
 
 
@@ -28,7 +28,7 @@ class CPS(Method):
             pseudo1 = cutmix_pseudo_label(self.branch1(u0), self.branch1(u1), mask)
             pseudo2 = cutmix_pseudo_label(self.branch2(u0), self.branch2(u1), mask)
         x_m = mix_by_mask(u0, u1, mask)
-        sup = supervised_loss(self.cfg, self.branch1(x_l), y) + supervised_loss(self.cfg, self.branch2(x_l), y)
+        sup = self.supervised_loss(self.branch1(x_l), y) + self.supervised_loss(self.branch2(x_l), y)
         cps = cps_loss(self.branch1(x_m), self.branch2(x_m), pseudo1, pseudo2)
         return {"loss": sup + self.cfg.lambda_cps * cps, "sup": sup, "cps": cps}
 

@@ -1,7 +1,6 @@
 """The "Sup." baseline: one network trained on the labeled images only."""
 from __future__ import annotations
 
-from ..losses import supervised_loss
 from .base import Method, build_network, check_pretrained
 
 
@@ -16,7 +15,7 @@ class Supervised(Method):
         self.model = build_network(cfg)
 
     def forward(self, batch):
-        sup = supervised_loss(self.cfg, self.model(batch["image_l"]), batch["label_l"])
+        sup = self.supervised_loss(self.model(batch["image_l"]), batch["label_l"])
         return {"loss": sup, "sup": sup}
 
     def eval_network(self):

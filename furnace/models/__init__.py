@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..utils import UserError
 from .backbones import ARCHS, build_backbone, default_output_stride, dilate_block
-from .checkpoint import (
+from .weights import (
     OFFICIAL_UNUSED,
     SEGMENTOR_FORMAT,
     LoadReport,

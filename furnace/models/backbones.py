@@ -37,7 +37,7 @@ import torch.nn as nn
 import torchvision
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..config import ARCHS  # resnet18 | mobilenetv2 | resnet101 | wrn50_2
+from ..config import ARCHS, DEFAULT_OUTPUT_STRIDE  # resnet18 | mobilenetv2 | resnet101 | wrn50_2
 
 # decoder low-level reduction width at head_channels=256 (SPEC §4)
 DECODER_REDUCE = {"resnet18": 48, "mobilenetv2": 24, "resnet101": 48, "wrn50_2": 48}
@@ -54,7 +54,7 @@ _RESNET_CHANNELS = (64, 128, 256, 512)
 def default_output_stride(arch: str) -> int:
     """The reference's output stride of ``arch``: 32 for mobilenetv2, 16 for the ResNets."""
     check_arch(arch)
-    return 32 if arch == "mobilenetv2" else 16
+    return DEFAULT_OUTPUT_STRIDE[arch]
 
 
 def check_arch(arch: str) -> None:

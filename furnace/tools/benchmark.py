@@ -41,7 +41,9 @@ from pathlib import Path
 
 import torch
 
-ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
+from ..config import ARCHS
+from ..engine.dist import amp_dtype
+
 STUDENTS = ("resnet18", "mobilenetv2")
 TEACHERS = ("resnet101", "wrn50_2")
 # The paper's claim (abstract): the students' backbone FLOPs are this many times below the teachers'.
@@ -78,13 +80,6 @@ def _median_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
     return statistics.median(_timed(fn, device) for _ in range(max(1, iters)))
-
-
-def _amp_dtype(device: torch.device):
-    """bf16 where the GPU supports it, else fp16; None (full precision) on the CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @contextmanager
@@ -175,7 +170,7 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
     # evaluator will use, rather than a whole image, which on a CPU costs as much as the measurement.
     windows = len(sliding_windows(h, w, crop, window_stride(crop)))
     x = torch.zeros(min(evaluator.batch, windows), 3, crop, crop, device=device).contiguous(memory_format=fmt)
-    amp = _amp_dtype(device)
+    amp = amp_dtype("auto", device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         net(x)
     ms = _median_ms(lambda: evaluator.predict(net, image), device, warmup=1 if device.type == "cuda" else 0,
@@ -266,7 +261,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
 
     if student_channels_last is None:
         student_channels_last = device.type == "cuda"
-    amp = _amp_dtype(device)
+    amp = amp_dtype("auto", device)
     data = _synthetic_batch(batch, crop, num_classes)
     opts = dict(width_mult=width_mult, head_channels=head_channels)
     with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:

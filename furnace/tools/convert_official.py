@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from ..models.backbones import ARCHS
-from ..models.checkpoint import BRANCHES, convert_official
-from ..utils import UserError
+from ..models.weights import BRANCHES, convert_official
+from ..utils import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,15 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         summary = convert_official(args.src, args.dst, args.arch, args.branch, args.num_classes)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    dropped = f"; dropped the unused {', '.join(summary['dropped'])}" if summary["dropped"] else ""
-    print(f"{args.src} [{args.branch}] -> {summary['dst']}: {summary['arch']}, {summary['num_classes']} classes, "
-          f"{summary['tensors']} tensors{dropped}")
-    return 0
+        dropped = f"; dropped the unused {', '.join(summary['dropped'])}" if summary["dropped"] else ""
+        print(f"{args.src} [{args.branch}] -> {summary['dst']}: {summary['arch']}, {summary['num_classes']} "
+              f"classes, {summary['tensors']} tensors{dropped}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from ..engine.checkpoint import TRAIN_STATE_FORMAT, TRAIN_STATE_VERSION
-from ..models.checkpoint import SEGMENTOR_FORMAT, SEGMENTOR_VERSION, migrate_decoder_order
-from ..utils import UserError, atomic_save, safe_load
+from ..models.weights import SEGMENTOR_FORMAT, SEGMENTOR_VERSION, migrate_decoder_order
+from ..utils import UserError, atomic_save, run_cli, safe_load
 
 
 def migrate(src, dst) -> str:
@@ -57,12 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("src", metavar="OLD", help="version-1 segmentor file or latest.pth")
     parser.add_argument("dst", metavar="NEW", help="where to write the migrated file")
     args = parser.parse_args(argv)
-    try:
-        print(migrate(args.src, args.dst))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: print(migrate(args.src, args.dst)))
 
 
 if __name__ == "__main__":
