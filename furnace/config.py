@@ -120,6 +120,7 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.eval_scales = [1.0]
     C.eval_flip = False
     C.eval_batch = 4  # sliding windows per forward pass
+    C.eval_amp = "none"  # none (fp32) | bf16 | fp16: autocast of evaluation on CUDA (training's amp does not apply)
     return C
 
 
@@ -247,6 +248,7 @@ _CHOICES = {
     "mgd_impl": ("batched", "reference"),
     "student_bn_updates": ("trained", "original"),
     "amp": ("auto", "bf16", "fp16", "none"),
+    "eval_amp": ("none", "bf16", "fp16"),
     "device": ("auto", "cuda", "cpu"),
 }
 _POSITIVE = ("num_classes", "crop_size", "global_batch", "eval_crop", "eval_batch", "region_grid", "lr")

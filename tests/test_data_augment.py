@@ -70,9 +70,16 @@ def test_random_scale_uses_the_configured_set():
     sizes = {}
     for seed in range(200):
         out, label, s = random_scale(image, np.zeros((40, 60), np.uint8), np.random.default_rng(seed), SCALES)
-        assert s in SCALES and out.shape[:2] == label.shape == (round(40 * s), round(60 * s))
+        assert s in SCALES and out.shape[:2] == label.shape == (int(40 * s), int(60 * s))
         sizes[s] = out.shape
     assert set(sizes) == set(SCALES)
+
+
+def test_random_scale_truncates_the_new_size_as_the_original():
+    # 333 * 0.75 = 249.75 and 101 * 0.75 = 75.75: the original's int() gives 249 x 75, round would give 250 x 76
+    image = np.zeros((333, 101, 3), np.uint8)
+    out, label, s = random_scale(image, np.zeros((333, 101), np.uint8), np.random.default_rng(0), [0.75])
+    assert s == 0.75 and out.shape[:2] == label.shape == (249, 75)
 
 
 def test_label_stays_in_label_set_and_image_label_stay_aligned():
@@ -145,3 +152,32 @@ def test_cutmix_area_parameter(area):
     rng = np.random.default_rng(0)
     single = np.mean([box_mask((120, 120), rng, n_boxes=1, area=area).mean() for _ in range(400)])
     assert abs(single - np.mean(area) / 3) < 0.01
+
+
+def test_cutmix_box_position_is_rounded_uniform_as_the_original():
+    """Offset = round((side - box) * U(0, 1)): with room R the offsets 0 and R have probability 1/(2R),
+    each interior offset 1/R (an integer draw would give every offset 1/(R + 1))."""
+    rng = np.random.default_rng(7)
+    area = (0.1875, 0.1875)  # with u fixed below, box side = round(sqrt(0.1875 / 3) * 40) = 10 per axis
+    counts = np.zeros(31, int)  # room 40 - 10 = 30
+    n = 30_000
+
+    class FixedAspect:  # p and u fixed (square box), positions from the seeded generator
+        def __init__(self):
+            self.calls = 0
+
+        def uniform(self, a, b):
+            self.calls += 1
+            if self.calls % 4 in (1, 2):
+                return a if self.calls % 4 == 1 else 0.5
+            return rng.uniform(a, b)
+
+    gen = FixedAspect()
+    for _ in range(n):
+        ys, xs = np.nonzero(box_mask((40, 40), gen, n_boxes=1, area=area))
+        assert ys.max() - ys.min() + 1 == 10 and xs.max() - xs.min() + 1 == 10
+        counts[ys.min()] += 1
+    interior = counts[1:-1].mean()
+    assert counts[1:-1].min() > 0.85 * interior and counts[1:-1].max() < 1.15 * interior
+    for end in (counts[0], counts[-1]):
+        assert 0.4 * interior < end < 0.6 * interior  # half as likely as an interior offset

@@ -3,11 +3,13 @@
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from furnace.config import resolve_config, synthetic_config
+from furnace.datasets.dataset import read_image
 from furnace.datasets import SegDataset, TrainLoader, build_val_dataset, check_dataset
 from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, stream_order
 from furnace.datasets.make_synthetic import generate
@@ -177,3 +179,33 @@ def test_val_dataset_and_check_dataset(data_root, tmp_path):
     assert f"{ids[2]}.png: label file not found" in str(err.value) and "val_00001.jpg" in str(err.value)
     with pytest.raises(UserError, match="num_classes=21"):
         check_dataset(make_cfg(data_root, num_classes=21))
+
+
+def _jpeg_with_exif_orientation(path, image_bgr, orientation):
+    """Write ``image_bgr`` as a JPEG whose APP1 segment carries the EXIF orientation tag (0x0112)."""
+    import struct
+
+    ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    data = encoded.tobytes()
+    path.write_bytes(data[:2] + app1 + data[2:])
+
+
+def test_read_image_applies_exif_orientation_as_cv2_imread(tmp_path):
+    """Orientation 6 (rotate 90 degrees clockwise): the original's cv2.imread(path, IMREAD_COLOR) turns
+    the stored 20x30 image into 30x20; read_image gives the same pixels, in RGB."""
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:5, :10] = (0, 0, 255)  # red block top-left (BGR)
+    stored[:, 24:] = (255, 0, 0)  # blue band on the right
+    path = tmp_path / "rotated.jpg"
+    _jpeg_with_exif_orientation(path, stored, 6)
+    ours = read_image(path)
+    original = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert ours.shape == original.shape == (30, 20, 3)
+    assert np.array_equal(ours, cv2.cvtColor(original, cv2.COLOR_BGR2RGB))
+    upright = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert np.array_equal(original, np.rot90(upright, -1))  # clockwise: the top-left block is now top-right
+    assert (ours[:8, -3:, 0] > 200).all() and (ours[:8, -3:, 2] < 60).all()

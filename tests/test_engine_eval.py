@@ -65,20 +65,76 @@ def test_sliding_window_stitches_back_the_full_image_logits(h, w):
     torch.testing.assert_close(stitched, direct, atol=1e-5, rtol=1e-5)
 
 
-def test_flip_and_scales_sum_softmax_probabilities():
+class RampNet(nn.Module):
+    """A 1x1 conv plus a ramp along the window's columns (a * column, per class): its logits depend on
+    where in the window a pixel sits, so per-window flip, whole-image flip and window overlaps differ."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, num_classes, 1)
+        self.a = torch.tensor([0.5, -0.25, 0.125])[:num_classes]
+
+    def forward(self, x):
+        col = torch.arange(x.shape[-1], dtype=x.dtype)
+        return self.conv(x) + self.a.view(1, -1, 1, 1) * col.view(1, 1, 1, -1)
+
+
+def _evaluator(**overrides):
+    return Evaluator(toy_config("unused", eval_crop=16, eval_batch=3, **overrides), "cpu", ["a", "b", "c"], PALETTE)
+
+
+def test_one_scale_without_flip_returns_the_raw_logits():
     net = PixelNet().eval()
-    rng = np.random.RandomState(0)
-    image = rng.randint(0, 256, (24, 36, 3)).astype(np.uint8)
-    base = Evaluator(toy_config("unused", eval_crop=16), "cpu", ["a", "b", "c"], PALETTE)
-    flip = Evaluator(toy_config("unused", eval_crop=16, eval_flip=True), "cpu", ["a", "b", "c"], PALETTE)
-    p1 = base.predict(net, image)
-    torch.testing.assert_close(p1.sum(0), torch.ones(24, 36), atol=1e-5, rtol=0)
-    # a per-pixel network is flip-equivariant: the mirrored view, mirrored back, agrees pixel by pixel
-    torch.testing.assert_close(flip.predict(net, image), 2 * p1, atol=1e-5, rtol=1e-5)
-    multi = Evaluator(toy_config("unused", eval_crop=16, eval_scales=[0.5, 1.0, 1.5]), "cpu", ["a", "b", "c"], PALETTE)
-    pm = multi.predict(net, image)
-    assert pm.shape == (3, 24, 36)
-    torch.testing.assert_close(pm.sum(0), torch.full((24, 36), 3.0), atol=1e-4, rtol=0)
+    image = np.random.RandomState(0).randint(0, 256, (24, 36, 3)).astype(np.uint8)
+    x = torch.from_numpy(normalize_image(image)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(_evaluator().predict(net, image), net(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_flip_per_window_and_raw_logits_summed_over_scales_as_the_original():
+    """The original: per scale, every window's logits plus its mirrored window's logits mirrored back;
+    the scales' raw logits, resized to the image, summed. For RampNet the window's ramp a*c and the
+    mirrored one a*(15 - c) add up to 15a at every pixel, so by hand each scale gives
+    2 * conv(normalised resized image) + 15a, wherever its (asymmetric) windows lie."""
+    import cv2
+
+    net = RampNet().eval()
+    image = np.random.RandomState(1).randint(0, 256, (24, 40, 3)).astype(np.uint8)
+    assert [x0 for _, _, x0, _ in sliding_windows(24, 40, 16, window_stride(16))][:4] == [0, 11, 22, 24]
+    expected = torch.zeros(3, 24, 40)
+    with torch.no_grad():
+        for s in (1.0, 0.5):
+            resized = image if s == 1.0 else cv2.resize(image, (20, 12), interpolation=cv2.INTER_LINEAR)
+            x = torch.from_numpy(normalize_image(resized)).permute(2, 0, 1)[None]
+            by_hand = 2 * net.conv(x) + 15 * net.a.view(1, -1, 1, 1)
+            expected += nn.functional.interpolate(by_hand, size=(24, 40), mode="bilinear", align_corners=False)[0]
+        got = _evaluator(eval_flip=True, eval_scales=[1.0, 0.5]).predict(net, image)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+        # the rules replaced: a mirrored sliding pass over the whole image, and softmax sums
+        ev = _evaluator()
+        x = torch.from_numpy(normalize_image(image)).permute(2, 0, 1)[None]
+        whole_image_flip = ev.sliding_logits(net, x) + ev.sliding_logits(net, x.flip(-1)).flip(-1)
+        single = _evaluator(eval_flip=True).predict(net, image)
+        assert (single - whole_image_flip[0]).abs().max() > 0.5
+        assert not torch.allclose(got, single.softmax(0) + expected.softmax(0), atol=0.1)
+
+
+def test_evaluation_precision_follows_eval_amp_not_amp():
+    cfg = toy_config("unused", amp="bf16")
+    assert Evaluator(cfg, "cuda", ["a", "b", "c"], PALETTE).dtype is None  # fp32 by default
+    for eval_amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("none", None)):
+        cfg = toy_config("unused", amp="none", eval_amp=eval_amp)
+        assert Evaluator(cfg, "cuda", ["a", "b", "c"], PALETTE).dtype == dtype
+    assert Evaluator(toy_config("unused", eval_amp="bf16"), "cpu", ["a", "b", "c"], PALETTE).dtype is None  # CPU
+
+
+def test_eval_amp_is_validated():
+    from furnace.config import resolve_config
+    from furnace.utils import UserError
+
+    with pytest.raises(UserError, match=r"eval_amp='fp32' is not one of none, bf16, fp16"):
+        resolve_config(toy_config("unused", eval_amp="fp32"))
 
 
 class OracleNet(nn.Module):

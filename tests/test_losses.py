@@ -7,6 +7,7 @@ import torch
 
 from furnace.losses import (
     content_aware_loss,
+    mean_per_image,
     cps_loss,
     cross_entropy,
     cutmix_pseudo_label,
@@ -23,22 +24,34 @@ def rng():
     return np.random.default_rng(0)
 
 
-def _ce_reference(logits, target, ignore=255):
-    """Per-pixel -log softmax[target] averaged over non-ignored pixels, with numpy loops."""
+def _ce_pixels(logits, target, ignore=255):
+    """Per image, the list of -log softmax[target] at its non-ignored pixels, with numpy loops."""
     lg = logits.detach().double().numpy()
     tg = target.numpy()
-    total, count = 0.0, 0
     B, C, H, W = lg.shape
+    per_image = []
     for b in range(B):
+        losses = []
         for i in range(H):
             for j in range(W):
                 t = tg[b, i, j]
                 if t == ignore:
                     continue
                 z = lg[b, :, i, j]
-                total += -(z[t] - z.max() - math.log(np.exp(z - z.max()).sum()))
-                count += 1
-    return total / max(count, 1)
+                losses.append(-(z[t] - z.max() - math.log(np.exp(z - z.max()).sum())))
+        per_image.append(losses)
+    return per_image
+
+
+def _ce_reference(logits, target, ignore=255):
+    """Mean over each image's non-ignored pixels (0 for an image without any), then over the images."""
+    return float(np.mean([np.mean(p) if p else 0.0 for p in _ce_pixels(logits, target, ignore)]))
+
+
+def _ce_pooled(logits, target, ignore=255):
+    """One mean over the non-ignored pixels of the whole batch (the rule per-image losses replace)."""
+    pixels = [v for p in _ce_pixels(logits, target, ignore) for v in p]
+    return float(np.mean(pixels))
 
 
 def test_cross_entropy_ignores_void_and_matches_formula(rng):
@@ -160,3 +173,60 @@ def test_losses_are_float32_under_bf16_inputs():
     assert semantic_sensitive_loss(s, s).dtype == torch.float32
     assert content_aware_loss(s, s, 2).dtype == torch.float32
     assert cross_entropy(s, torch.zeros(2, 8, 8, dtype=torch.long)).dtype == torch.float32
+
+
+def _labels_with_unequal_ignore(rng, B=8, C=5, H=6, W=7):
+    """Labels whose images have 0, 5, 10, ... ignored pixels; the last image is entirely ignored."""
+    target = torch.from_numpy(rng.integers(0, C, (B, H, W)))
+    flat = target.view(B, -1)
+    for b in range(B - 1):
+        flat[b, : (b * 5) % (H * W - 1)] = 255
+    flat[B - 1] = 255
+    return target
+
+
+SPLIT_LOSSES = {
+    "ce": cross_entropy,
+    "ohem": lambda lg, t: ohem_cross_entropy(lg, t, thresh=0.7, min_kept=12),
+    "pixel_labels": pixel_consistency_loss,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_LOSSES))
+def test_loss_and_gradient_do_not_depend_on_the_batch_split(rng, name):
+    """One batch of 8 == 8 micro-batches of 1 each scaled by 1/8, in value and in gradient on the logits."""
+    fn = SPLIT_LOSSES[name]
+    logits = (torch.randn(8, 5, 6, 7) * 2).requires_grad_()
+    target = _labels_with_unequal_ignore(rng)
+    n_ignored = (target == 255).flatten(1).sum(1)
+    assert len(set(n_ignored.tolist())) > 4  # the images really differ in ignored pixels
+    whole = fn(logits, target)
+    (grad_whole,) = torch.autograd.grad(whole, logits)
+    parts = [fn(logits[b : b + 1], target[b : b + 1]) / 8 for b in range(8)]
+    split = torch.stack(parts).sum()
+    (grad_split,) = torch.autograd.grad(split, logits)
+    assert split.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert torch.allclose(grad_split, grad_whole, rtol=1e-5, atol=1e-9)
+    # halves (micro-batches of 4) too
+    halves = (fn(logits[:4], target[:4]) + fn(logits[4:], target[4:])) / 2
+    assert halves.item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_per_image_mean_differs_from_pooled_mean_when_ignore_counts_differ(rng):
+    logits = torch.randn(8, 5, 6, 7) * 2
+    target = _labels_with_unequal_ignore(rng)
+    ours = cross_entropy(logits, target).item()
+    assert ours == pytest.approx(_ce_reference(logits, target), rel=1e-5)
+    assert abs(ours - _ce_pooled(logits, target)) > 1e-2 * ours
+    # equal ignore counts: the two rules agree (the original's batches had them in the reference step)
+    same = target.clone()
+    same[:] = target[0]
+    assert cross_entropy(logits, same).item() == pytest.approx(_ce_pooled(logits, same), rel=1e-5)
+
+
+def test_mean_per_image_counts_fully_ignored_images_in_the_denominator():
+    per_pixel = torch.ones(4, 2, 2)
+    valid = torch.ones(4, 2, 2, dtype=torch.bool)
+    valid[3] = False
+    valid[0, 0] = False
+    assert mean_per_image(per_pixel, valid).item() == pytest.approx(3 / 4)

@@ -217,6 +217,26 @@ def test_torchvision_resnet18_file_loads_all_but_the_deep_stem(tmp_path, capsys)
         load_imagenet_weights(net, path, strict=True)
 
 
+def test_deep_stem_left_random_has_pytorch_default_conv_init(tmp_path):
+    """The reference's deep stem kept nn.Conv2d's own init: Kaiming uniform a=√5, i.e. U(±1/√fan_in),
+    std 1/√(3·fan_in) — not timm's fan_out Kaiming normal, std √(2/fan_out)."""
+    torch.manual_seed(2)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    net = build_model("resnet18", 21, pretrained=str(path), verbose=False)
+    stem = net.backbone.conv1
+    for index in (0, 3, 6):
+        w = stem[index].weight.detach()
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+        bound = 1 / math.sqrt(fan_in)
+        assert w.abs().max().item() <= bound  # uniform within ±1/√fan_in
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), index
+        assert abs(w.std().item() / math.sqrt(2 / fan_out) - 1) > 0.2, index  # not timm's rule
+    # the 101-layer deep stem follows the same rule; its first conv is 3->64
+    w = build_model("resnet101", 21).backbone.conv1[0].weight.detach()
+    assert w.std().item() == pytest.approx(1 / math.sqrt(3 * 27), rel=0.05)
+
+
 def test_torchvision_resnet101_file_reports_stem_shape_mismatches(tmp_path):
     # the 128-channel deep stem of the deep teacher cannot take torchvision's 64-channel bn1 / layer1 inputs
     tv = torchvision.models.resnet101(weights=None)

@@ -2,7 +2,8 @@
 
 Per sample, ``n_boxes`` boxes toggle (XOR) a mask that starts at 0. Each box has area fraction
 p ~ U(area) and a random aspect: h = p^u, w = p / h with u ~ U(0, 1) (fractions of the image height
-and width), both sides scaled by sqrt(1/3), placed fully inside the image. Mask value 1 = take the
+and width), both sides scaled by sqrt(1/3), placed fully inside the image at ``round((side - box) * U(0, 1))`` per
+axis, as the original (so the two end positions are half as likely as each interior one). Mask value 1 = take the
 pixel from the second unlabeled image. With 3 boxes and p ~ U(0.25, 0.5) the mean coverage is ~0.25.
 """
 
@@ -13,6 +14,11 @@ import math
 import numpy as np
 
 _SIDE_SCALE = math.sqrt(1.0 / 3.0)
+
+
+def _position(room: int, rng: np.random.Generator) -> int:
+    """The original's box offset along one axis: round(room * U(0, 1)) in [0, room]."""
+    return int(np.round(room * rng.uniform(0.0, 1.0)))
 
 
 def box_mask(size, rng: np.random.Generator, n_boxes: int = 3, area=(0.25, 0.5)) -> np.ndarray:
@@ -28,8 +34,8 @@ def box_mask(size, rng: np.random.Generator, n_boxes: int = 3, area=(0.25, 0.5))
         frac_w = p / frac_h
         box_h = min(h, int(round(frac_h * _SIDE_SCALE * h)))
         box_w = min(w, int(round(frac_w * _SIDE_SCALE * w)))
-        top = int(rng.integers(0, h - box_h + 1))
-        left = int(rng.integers(0, w - box_w + 1))
+        top = _position(h - box_h, rng)
+        left = _position(w - box_w, rng)
         mask[top : top + box_h, left : left + box_w] ^= True
     return mask.astype(np.float32)
 

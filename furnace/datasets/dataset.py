@@ -42,14 +42,15 @@ def _decode(data: np.ndarray, flags: int):
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB; UserError naming ``path`` when it is missing,
-    truncated or not an image. EXIF orientation is ignored so pixels stay aligned with the label."""
+    truncated or not an image. Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``: a JPEG's
+    EXIF orientation tag is applied (labels are PNGs without one, so such an image must be stored upright)."""
     path = Path(path)
     data = _read_bytes(path, "image")
     # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so
     # require the end-of-image marker (it only occurs as a marker, never inside the coded data).
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
-    image = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    image = _decode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path}: image cannot be decoded (truncated or not an image file); re-copy or re-download it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

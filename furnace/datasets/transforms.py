@@ -40,13 +40,14 @@ def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
 def random_scale(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, scales):
     """Resize by a factor drawn uniformly from ``scales``: image bilinear, label nearest.
 
-    The new size is ``round(side * s)`` per axis (at least 1). Returns ``(image, label, s)``.
+    The new size is ``int(side * s)`` per axis (truncated, as the original; at least 1).
+    Returns ``(image, label, s)``.
     """
     s = float(scales[rng.integers(len(scales))])
     if s == 1.0:
         return image, label, s
     h, w = image.shape[:2]
-    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
+    size = (max(1, int(w * s)), max(1, int(h * s)))
     image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     if label is not None:
         label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)

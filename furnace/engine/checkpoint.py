@@ -171,7 +171,8 @@ def eval_results_file(snapshot) -> Path:
 
 def eval_settings(cfg) -> dict:
     """The evaluation settings an ``eval_results.json`` entry was measured with."""
-    return {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip)}
+    return {"crop": cfg.eval_crop, "scales": list(cfg.eval_scales), "flip": bool(cfg.eval_flip),
+            "amp": cfg.get("eval_amp", "none")}
 
 
 def _json_number(v):

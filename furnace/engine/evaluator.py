@@ -3,16 +3,19 @@
 Prediction of one image (``Evaluator.predict``):
 
 * per scale ``s`` in ``cfg.eval_scales`` the uint8 image is resized by ``s`` (cv2 bilinear, like the
-  training augmentation), normalised, and predicted with a sliding window; with ``cfg.eval_flip`` the
-  mirrored image is predicted too and its logits mirrored back;
+  training augmentation), normalised, and predicted with a sliding window;
 * sliding window: window ``crop = cfg.eval_crop``, stride ``ceil(2/3 * crop)``; an axis shorter than the
   window is centre-padded to it (0 = the mean colour after normalisation, as in training); along a
   longer axis the windows start at 0, stride, 2*stride, ... and the last is shifted back to end at the
-  border; overlapping logits are averaged (count map); windows go through the network ``cfg.eval_batch``
-  at a time;
-* the views are combined by **summing softmax probabilities**: logits of different scales have
-  different magnitudes, probabilities are comparable, and with one scale and no flip the argmax equals
-  the plain logits' argmax.
+  border; windows go through the network ``cfg.eval_batch`` at a time; with ``cfg.eval_flip`` each
+  window is also predicted mirrored and those logits, mirrored back, are added to the window's own (the
+  original's rule: the flip is applied per window, not to the whole image); overlapping windows'
+  logits are averaged (count map);
+* the scales are combined as the original did: the **raw logits** of each scale, resized to the image,
+  are summed (no softmax). With one scale and no flip the result is the plain logits.
+
+Precision: fp32 unless ``cfg.eval_amp`` asks for bf16/fp16 autocast (CUDA only); the training ``amp``
+setting does not apply here.
 
 Metrics come from a C x C int64 confusion matrix (rows = ground truth, columns = prediction) over the
 pixels with ``0 <= gt < C``, summed over processes; the val list is sharded so that every image is
@@ -202,7 +205,7 @@ def eval_mode(net: torch.nn.Module):
 
 class Evaluator:
     """Evaluation settings of a config (``eval_crop``, ``eval_scales``, ``eval_flip``, ``eval_batch``,
-    ``num_classes``, ``amp``, ``channels_last``) bound to a device."""
+    ``num_classes``, ``eval_amp``, ``channels_last``) bound to a device."""
 
     def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None):
         self.num_classes = int(cfg.num_classes)
@@ -213,7 +216,7 @@ class Evaluator:
         self.batch = int(cfg.eval_batch)
         self.num_workers = int(cfg.get("num_workers", 0))
         self.device = torch.device(device) if device is not None else dist.resolve_device(cfg.get("device", "auto"))
-        self.dtype = dist.amp_dtype(cfg.get("amp", "none"), self.device)
+        self.dtype = dist.amp_dtype(cfg.get("eval_amp", "none"), self.device)
         self.channels_last = bool(cfg.get("channels_last", False)) and self.device.type == "cuda"
         if class_names is None or palette is None:
             names, pal = dataset_meta(cfg)
@@ -237,8 +240,17 @@ class Evaluator:
                             f"{self.num_classes}; evaluate with the matching dataset/num_classes")
         return out
 
+    def _window_logits(self, network, windows: torch.Tensor) -> torch.Tensor:
+        """(N,3,crop,crop) windows -> (N,C,crop,crop) logits, plus the mirrored windows' logits mirrored
+        back when ``eval_flip``."""
+        out = self._forward(network, windows)
+        if self.flip:
+            out = out + self._forward(network, windows.flip(-1)).flip(-1)
+        return out
+
     def sliding_logits(self, network, x: torch.Tensor) -> torch.Tensor:
-        """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows."""
+        """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows (each
+        window's logits include its mirrored pass when ``eval_flip``)."""
         h, w = x.shape[-2:]
         top, bottom, left, right = center_pad(h, w, self.crop)
         xp = F.pad(x, (left, right, top, bottom), value=0.0)
@@ -247,7 +259,7 @@ class Evaluator:
         count = torch.zeros((1, 1, *xp.shape[-2:]), device=x.device)
         for i in range(0, len(windows), self.batch):
             chunk = windows[i:i + self.batch]
-            out = self._forward(network, torch.cat([xp[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk]))
+            out = self._window_logits(network, torch.cat([xp[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk]))
             for (y0, y1, x0, x1), o in zip(chunk, out):
                 acc[..., y0:y1, x0:x1] += o
                 count[..., y0:y1, x0:x1] += 1
@@ -255,7 +267,7 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(self, network, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 RGB image -> (C,H,W) float32 class scores (sum of softmax over scales/flips).
+        """HxWx3 uint8 RGB image -> (C,H,W) float32 raw logits summed over the scales (see the module doc).
 
         ``network`` maps (B,3,h,w) normalised images to (B,C,h,w) logits and is used as it is (the
         caller puts it in eval mode).
@@ -270,14 +282,10 @@ class Evaluator:
                 size = (max(1, round(w * s)), max(1, round(h * s)))
                 img = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
             x = torch.from_numpy(np.ascontiguousarray(normalize_image(img))).permute(2, 0, 1)[None].to(self.device)
-            for flipped in ([False, True] if self.flip else [False]):
-                logits = self.sliding_logits(network, x.flip(-1) if flipped else x)
-                if flipped:
-                    logits = logits.flip(-1)
-                if logits.shape[-2:] != (h, w):
-                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-                prob = logits.softmax(1)[0]
-                total = prob if total is None else total + prob
+            logits = self.sliding_logits(network, x)
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            total = logits[0] if total is None else total + logits[0]
         return total
 
     def run(self, network, dataset, save_pred_dir=None, progress: bool = False) -> dict:

@@ -43,6 +43,8 @@ def content_aware_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, g
 def pixel_consistency_loss(student_logits: torch.Tensor, pseudo_label: torch.Tensor) -> torch.Tensor:
     """Pixel-level consistency: CE(S, ŷ_T) with ŷ_T a teacher's hard label map (B, H, W).
 
+    Averaged per image, then over the images, like :func:`furnace.losses.cross_entropy`.
+
     For labeled images ŷ_T = argmax T(x_l) (:func:`hard_pseudo_label`); for the CutMix image
     ŷ_T = argmax[(1 − M)·T(u0) + M·T(u1)] (:func:`furnace.losses.cutmix_pseudo_label`).
     Accepts teacher logits (B, C, H, W) in place of labels and takes their argmax.

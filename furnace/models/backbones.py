@@ -161,6 +161,19 @@ class MobileNetV2Backbone(nn.Module):
         return low, x
 
 
+def _default_init_deep_stem(net: ResNet) -> None:
+    """Give the deep stem's convs PyTorch's default conv init, as the reference's stem had.
+
+    torchvision's ImageNet files have a 7x7 stem, so with them the deep stem (``conv1.0/3/6``) stays
+    random; the reference left it at ``nn.Conv2d``'s own init (Kaiming uniform, a=√5: U(±1/√fan_in)),
+    where timm initialises every conv with fan_out Kaiming normal (0.75–2.5× the reference's std here).
+    """
+    if isinstance(net.conv1, nn.Sequential):
+        for m in net.conv1.modules():
+            if isinstance(m, nn.Conv2d):
+                m.reset_parameters()
+
+
 def build_backbone(arch: str, output_stride: int = 0, width_mult: float = 1.0) -> nn.Module:
     """Randomly initialised backbone of ``arch`` at ``output_stride`` (0 = the arch's default).
 
@@ -191,6 +204,7 @@ def build_backbone(arch: str, output_stride: int = 0, width_mult: float = 1.0) -
     # built at stride 32, then dilated per block: timm's own output_stride gives every block of a stage
     # the same dilation, while the reference uses multi-grid (2, 4, 8) across layer4's blocks
     net = ResNet(block=block, layers=blocks, channels=channels, num_classes=0, global_pool="", **kwargs)
+    _default_init_deep_stem(net)
     for stage, dilations in _resnet_dilations(output_stride, blocks).items():
         for b, d in zip(getattr(net, stage), dilations):
             dilate_block(b, d)

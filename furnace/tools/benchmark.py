@@ -152,7 +152,8 @@ def network_stats(device: torch.device, *, eval_sizes=tuple(EVAL_SIZES), eval_it
 def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) -> float:
     """Images/s of ``Evaluator.predict`` for a randomly initialised ``arch`` on one random uint8 image
     of ``size`` (a key of EVAL_SIZES), with the dataset recipe's window, single scale, no flip, and
-    the evaluator's own precision/layout settings for ``device`` (amp auto, channels_last on CUDA)."""
+    the evaluator's own precision/layout settings for ``device`` (fp32 as ``eval_amp`` defaults,
+    channels_last on CUDA)."""
     from ..config import city_config, voc_config
     from ..engine.evaluator import Evaluator, sliding_windows, window_stride
     from ..models import build_model
@@ -170,7 +171,7 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
     # evaluator will use, rather than a whole image, which on a CPU costs as much as the measurement.
     windows = len(sliding_windows(h, w, crop, window_stride(crop)))
     x = torch.zeros(min(evaluator.batch, windows), 3, crop, crop, device=device).contiguous(memory_format=fmt)
-    amp = amp_dtype("auto", device)
+    amp = evaluator.dtype
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         net(x)
     ms = _median_ms(lambda: evaluator.predict(net, image), device, warmup=1 if device.type == "cuda" else 0,
