@@ -24,7 +24,7 @@ from ..config import accumulation_steps, config_to_dict, resolve_config, validat
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
-from .evaluator import Evaluator, dataset_meta
+from .evaluator import Evaluator, dataset_meta, segmentor_meta
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
 
@@ -244,7 +244,7 @@ def _train(cfg, rank, world, device, method, loader, val_dataset, resume_path, l
     def save_snapshot(label: int):
         net = method.eval_network()
         dist.run_on_main(lambda: ckpt.save_snapshot(
-            net, ckpt.snapshot_path(cfg, label), extra={"epoch": label, "iteration": global_iter}))
+            net, ckpt.snapshot_path(cfg, label), extra={"epoch": label, "iteration": global_iter, **segmentor_meta(cfg)}))
         snapshots_written.add(label)
 
     def run_eval():
