@@ -233,7 +233,7 @@ class Evaluator:
     def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None):
         self.num_classes = int(cfg.num_classes)
         self.crop = int(cfg.eval_crop)
-        self.stride = window_stride(self.crop)
+        self.stride = window_stride(self.crop) if self.crop > 0 else 0
         self.scales = [float(s) for s in cfg.eval_scales]
         self.flip = bool(cfg.eval_flip)
         self.batch = int(cfg.eval_batch)
@@ -264,7 +264,10 @@ class Evaluator:
         return out
 
     def sliding_logits(self, network, x: torch.Tensor) -> torch.Tensor:
-        """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows."""
+        """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows (the whole
+        image in one pass when ``eval_crop`` is 0)."""
+        if self.crop <= 0:
+            return self._forward(network, x)
         h, w = x.shape[-2:]
         top, bottom, left, right = center_pad(h, w, self.crop)
         xp = F.pad(x, (left, right, top, bottom), value=0.0)
