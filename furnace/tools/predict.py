@@ -4,7 +4,8 @@
         [--crop N | --whole] [--scales 1.0 ...] [--flip] [--batch N] [--device auto|cpu|cuda] [--alpha 0.5]
 
 INPUT: image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp) or list
-files (.txt, one image path per line, relative to the list's folder). Per image it writes
+files (.txt, one image path per line, relative to the list's folder; a folder dataset's train.txt /
+val.txt of stems works too). Per image it writes
 ``DIR/index/<name>.png`` (class indices), ``DIR/color/<name>.png`` (the dataset's palette) and
 ``DIR/overlay/<name>.png`` (the image blended with the colours, with a legend of the classes present).
 
@@ -60,7 +61,7 @@ def collect_inputs(inputs) -> list[Path]:
             found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         elif item.suffix.lower() == ".txt" and item.is_file():
             lines = [ln.strip() for ln in item.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-            found += [p if p.is_absolute() else item.parent / p for p in map(Path, lines)]
+            found += [_list_entry(item.parent, line) for line in lines]
         elif item.is_file() or item.suffix.lower() in IMAGE_EXTS:
             found.append(item)  # a listed image that is missing is reported like an unreadable one
         else:
@@ -69,6 +70,16 @@ def collect_inputs(inputs) -> list[Path]:
     if not unique:
         raise UserError(f"no images found in {', '.join(map(str, inputs))} ({', '.join(IMAGE_EXTS)})")
     return unique
+
+
+def _list_entry(base: Path, line: str) -> Path:
+    """A list line as a path: relative to the list's folder; a bare stem (a folder dataset's train.txt /
+    val.txt) is looked up as ``images/<stem>.<ext>`` there."""
+    path = Path(line) if Path(line).is_absolute() else base / line
+    if path.suffix.lower() in IMAGE_EXTS:
+        return path
+    candidates = [folder / f"{path.name}{ext}" for folder in (path.parent / "images", path.parent) for ext in IMAGE_EXTS]
+    return next((c for c in candidates if c.is_file()), path)
 
 
 def output_names(paths: list[Path]) -> list[str]:
