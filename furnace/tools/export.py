@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,10 @@ def export_onnx(model, path, meta: dict, opset: int = 17) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on Python-level branches and its own deprecation notice, not about this graph
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
         exporter = _export_graph(model, path, opset, torch.randn(1, 3, 64, 64))
     graph = onnx.load(str(path))
     del graph.metadata_props[:]
