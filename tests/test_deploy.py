@@ -92,6 +92,11 @@ def test_predict_refuses_an_onnx_file_of_another_class_count(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "city.onnx: the ONNX file predicts 19 classes but" in lines[0] and "seven.pth has 7" in lines[0]
     assert "furnace.tools.export" in lines[0] and not (tmp_path / "o" / "index").exists()
+    # the .onnx file alone: its metadata gives the classes (19 and no names recorded -> Cityscapes')
+    proc = run(["-m", "furnace.tools.predict", tmp_path / "city.onnx", image, "--out", tmp_path / "alone"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    color = cv2.imread(str(tmp_path / "alone" / "color" / "a.png"))[..., ::-1].reshape(-1, 3)
+    assert set(map(tuple, color.tolist())) <= set(CITY_COLORS)
     # a classes.txt of another class count is refused the same way
     (tmp_path / "classes.txt").write_text("a\nb\n")
     proc = run(["-m", "furnace.tools.predict", seven, image, "--classes", tmp_path / "classes.txt", "--out", tmp_path / "o"])

@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the recorded eval crop)")
     p.add_argument("--whole", action="store_true", help="the whole image in one pass instead of sliding windows")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="test scales (default: recorded, or 1.0)")
-    p.add_argument("--flip", action="store_true", default=None, help="average with the horizontally flipped image")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontally flipped image (default: as recorded)")
     p.add_argument("--batch", type=int, default=4, help="sliding windows per forward pass (default 4)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the runtime's default)")
