@@ -2,6 +2,7 @@
 
     pip install -e .            # runtime
     pip install -e ".[test]"    # + what the test suite needs
+    pip install -e ".[deploy]"  # + onnx, onnxruntime: furnace.tools.export and predict --onnx
 """
 from pathlib import Path
 
@@ -25,7 +26,8 @@ setup(
     packages=find_packages(include=["furnace", "furnace.*"]),
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "scipy>=1.10"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17"],
+        "deploy": ["onnx>=1.15", "onnxruntime>=1.17"],  # furnace.tools.export, predict --onnx
         "voc": ["scipy>=1.10"],  # prepare_voc reads SBD's .mat labels
     },
     license="MIT",

@@ -29,7 +29,7 @@ from .utils import UserError
 ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
 DEFAULT_OUTPUT_STRIDE = {"resnet18": 16, "mobilenetv2": 32, "resnet101": 16, "wrn50_2": 16}  # the reference's
 METHODS = ("supervised", "cps", "mgd")
-DATASETS = ("voc", "city", "synthetic")
+DATASETS = ("voc", "city", "synthetic", "folder")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,9 +49,11 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.seed = 12345
     C.output_dir = os.environ.get("OUTPUT_DIR", str(exp_dir / "output"))
     # -- data
-    C.dataset = "voc"  # voc | city | synthetic
+    C.dataset = "voc"  # voc | city | synthetic | folder (your own data: data_root is its folder)
     C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA"))
+    C.weight_dir = ""  # ImageNet and teacher files; "" -> <data_root>/model-weight
     C.num_classes = 21
+    C.ignore_index = 255  # the void value in the label files (folder datasets; 255 for the others)
     C.labeled_ratio = 8  # 1/N of the training list is labeled: 16, 8, 4 or 2
     C.labeled_list = ""  # "" -> the dataset's standard split for labeled_ratio
     C.unlabeled_list = ""
@@ -179,16 +181,42 @@ def synthetic_config(exp_file=None) -> EasyDict:
     return C
 
 
+def folder_config(exp_file=None) -> EasyDict:
+    """Your own dataset in the ``folder`` layout (images/, labels/, classes.txt; see DATA/README.md): the
+    VOC recipe at crop 512. ``data_root`` is the dataset folder (env ``DATA_ROOT``, default
+    ``<repo>/DATA/custom``); ``num_classes`` comes from env ``NUM_CLASSES`` or the lines of classes.txt;
+    ImageNet and teacher files live in ``<repo>/DATA/model-weight`` (env ``WEIGHT_DIR``)."""
+    C = base_config(exp_file)
+    exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
+    repo = next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
+    C.dataset = "folder"
+    C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA" / "custom"))
+    C.weight_dir = os.environ.get("WEIGHT_DIR", str(repo / "DATA" / "model-weight"))
+    C.num_classes = int(os.environ.get("NUM_CLASSES") or _count_classes(Path(C.data_root) / "classes.txt") or 2)
+    C.ignore_index = int(os.environ.get("IGNORE_INDEX", 255))
+    return C
+
+
+def _count_classes(path: Path) -> int:
+    """Non-blank lines of a classes.txt (0 when absent; the dataset check then names the file)."""
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
 # ----------------------------------------------------------------------------- resolution
 
 
 def model_weight_dir(C) -> Path:
-    return Path(C.data_root) / "model-weight"
+    return Path(C.get("weight_dir") or Path(C.data_root) / "model-weight")
 
 
 def default_teacher_path(C, arch: str) -> str:
-    """Where a CPS teacher run exports, and where a student run looks for, the ``arch`` teacher."""
-    return str(model_weight_dir(C) / "teachers" / f"{C.dataset}_1-{C.labeled_ratio}_{arch}.pth")
+    """Where a CPS teacher run exports, and where a student run looks for, the ``arch`` teacher
+    (a folder dataset is named by its folder: ``<name>_1-<N>_<arch>.pth``)."""
+    name = Path(C.data_root).name if C.dataset == "folder" else C.dataset
+    return str(model_weight_dir(C) / "teachers" / f"{name}_1-{C.labeled_ratio}_{arch}.pth")
 
 
 def resolve_config(C: EasyDict, world_size: int = 1) -> EasyDict:
@@ -273,6 +301,8 @@ def validate_config(C) -> None:
     for key in _POSITIVE:
         if not C[key] > 0:
             raise UserError(f"config: {key}={C[key]!r} must be positive")
+    if not 0 <= C.ignore_index <= 255:
+        raise UserError(f"config: ignore_index={C.ignore_index!r} must be a label value 0..255 above every class")
     if C.labeled_ratio < 1:
         raise UserError(f"config: labeled_ratio={C.labeled_ratio!r} must be >= 1 (1/N of the data is labeled)")
     if C.output_stride not in (0, 8, 16, 32):

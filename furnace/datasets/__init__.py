@@ -4,7 +4,7 @@ the training loader. Tools run as ``python -m furnace.datasets.<tool>``: ``prepa
 
 from .cutmix import box_mask
 from .dataset import SegDataset, read_image, read_label
-from .layouts import DatasetLayout, dataset_dir, get_layout, read_list, split_paths
+from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, split_paths
 from .loader import TrainLoader, build_val_dataset
 from .transforms import normalize, train_transform
 
@@ -16,7 +16,9 @@ __all__ = [
     "build_val_dataset",
     "check_dataset",
     "dataset_dir",
+    "folder_layout",
     "get_layout",
+    "layout_of",
     "normalize",
     "read_image",
     "read_label",

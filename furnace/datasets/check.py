@@ -22,7 +22,7 @@ import numpy as np
 from ..utils import UserError
 from ._util import default_workers, progress_map
 from .dataset import read_image, read_label
-from .layouts import DatasetLayout, dataset_dir, get_layout, read_list, require_split_lists
+from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, require_split_lists
 from .make_splits import DEFAULT_RATIOS
 
 FAST_SAMPLES_PER_LIST = 8
@@ -192,7 +192,7 @@ def check_dataset(cfg, fast: bool = True) -> CheckReport:
     sample of samples fully read. Raises one UserError listing the first problems and their count;
     returns the report when all is well.
     """
-    layout = get_layout(cfg.dataset)
+    layout = layout_of(cfg)
     root = dataset_dir(cfg)
     labeled, unlabeled, val = require_split_lists(cfg)  # a missing list is one clear error, not one of many
     specs = [
@@ -225,7 +225,11 @@ def main(argv=None) -> int:
         description="Validate a dataset folder: layout, split lists, image readability, image/label sizes and "
         "label values. Prints every problem with its file; exit status 1 if any.",
     )
-    parser.add_argument("--dataset", required=True, choices=("voc", "city", "synthetic"))
+    parser.add_argument("--dataset", required=True, choices=("voc", "city", "synthetic", "folder"),
+                        help="folder: your own data (images/, labels/, classes.txt, train.txt, val.txt, splits/)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="folder: the class count the config uses (checked against classes.txt)")
+    parser.add_argument("--ignore-index", type=int, default=255, help="folder: the void label value (default 255)")
     parser.add_argument("--root", required=True, help="dataset folder (e.g. DATA/pascal_voc); DATA/ itself also works")
     parser.add_argument(
         "--ratio",
@@ -238,7 +242,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--workers", type=int, default=default_workers(), help="reader processes (0 = none)")
     args = parser.parse_args(argv)
-    layout = get_layout(args.dataset)
+    try:
+        layout = (folder_layout(args.root, args.num_classes, args.ignore_index) if args.dataset == "folder"
+                  else get_layout(args.dataset))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     root = Path(args.root)
     if not (root / layout.train_list).exists() and (root / layout.dir_name / layout.train_list).exists():
         root = root / layout.dir_name

@@ -59,7 +59,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
 
-    Values must lie in ``[0, num_classes) ∪ {ignore_index}``. A palette PNG (whose colours cv2 would
+    Values must lie in ``[0, num_classes) ∪ {ignore_index}``; ``ignore_index`` is returned as 255. A palette PNG (whose colours cv2 would
     expand), an RGB/RGBA colour label, a 16-bit or non-PNG file raise UserError naming ``path``.
     """
     path = Path(path)
@@ -95,6 +95,8 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
             f"{path}: label values {{{shown}}} are outside the {num_classes} classes (0..{num_classes - 1}) "
             f"and ignore {ignore_index}; is this the right dataset, and are labels trainIds/index values?"
         )
+    if ignore_index != 255:  # everything downstream (losses, metrics) knows void as 255
+        label = np.where(label == ignore_index, np.uint8(255), label)
     return label
 
 

@@ -218,16 +218,102 @@ LAYOUTS = {
 
 
 def get_layout(name: str) -> DatasetLayout:
-    """The layout of dataset ``name`` (voc | city | synthetic); UserError for any other name."""
+    """The layout of dataset ``name`` (voc | city | synthetic); UserError for any other name.
+    A ``folder`` dataset's layout depends on its files: :func:`folder_layout` / :func:`layout_of`."""
+    if name == "folder":
+        raise UserError("dataset 'folder' has no fixed layout; it is read from the dataset root "
+                        "(furnace.datasets.layouts.folder_layout(root) or layout_of(cfg))")
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise UserError(f"dataset {name!r} is unknown; choose one of {', '.join(LAYOUTS)}") from None
+        raise UserError(f"dataset {name!r} is unknown; choose one of {', '.join(LAYOUTS)}, folder") from None
+
+
+def layout_of(cfg) -> DatasetLayout:
+    """The layout ``cfg`` trains and evaluates with: a fixed one for voc / city / synthetic, for ``folder``
+    the one read from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
+    if cfg.dataset == "folder":
+        return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.get("ignore_index", IGNORE_INDEX)))
+    return get_layout(cfg.dataset)
 
 
 def dataset_dir(cfg) -> Path:
-    """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into."""
+    """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into (a ``folder``
+    dataset: ``data_root`` itself)."""
+    if cfg.dataset == "folder":
+        return Path(cfg.data_root)
     return Path(cfg.data_root) / get_layout(cfg.dataset).dir_name
+
+
+# ----------------------------------------------------------------------------- your own data: "folder"
+
+FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True, eq=False)
+class FolderLayout(DatasetLayout):
+    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (index PNG), ``classes.txt``;
+    lists ``train.txt`` / ``val.txt`` of stems (or file names), partitions under ``splits/``."""
+
+    def resolve(self, entry: str, root, split: str = "train") -> tuple[Path, Path, str]:
+        root = Path(root)
+        if Path(entry).suffix.lower() in FOLDER_IMAGE_EXTS:
+            image, stem = root / "images" / entry, Path(entry).stem
+        else:
+            stem = entry
+            image = next((root / "images" / f"{entry}{ext}" for ext in FOLDER_IMAGE_EXTS
+                          if (root / "images" / f"{entry}{ext}").is_file()), root / "images" / f"{entry}.jpg")
+        return image, root / "labels" / f"{stem}{self.label_ext}", stem
+
+
+def read_classes(path) -> tuple[list[str], np.ndarray | None]:
+    """``(names, palette)`` of a classes.txt: one class per line, ``name`` or ``name r g b`` (0-255).
+    ``palette`` is None when no line gives a colour; lines without one get the VOC colour of their index."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: classes file not found; write one class name per line (optionally "
+                        f"'name r g b'), in label-index order")
+    names, colors = [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        rgb = None
+        if len(fields) >= 4 and all(f.isdigit() for f in fields[-3:]):
+            rgb = tuple(int(f) for f in fields[-3:])
+            if max(rgb) > 255:
+                raise UserError(f"{path}:{lineno}: colour {rgb} has a value above 255; write 'name r g b' with 0-255")
+            fields = fields[:-3]
+        names.append(" ".join(fields))
+        colors.append(rgb)
+    if not names:
+        raise UserError(f"{path}: classes file is empty; write one class name per line")
+    if all(c is None for c in colors):
+        return names, None
+    default = voc_colormap(len(names))
+    return names, np.array([c if c is not None else default[i] for i, c in enumerate(colors)], np.uint8)
+
+
+def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> FolderLayout:
+    """The layout of a ``folder`` dataset at ``root`` (see :class:`FolderLayout`), its classes from
+    ``root/classes.txt``; UserError when that file disagrees with ``num_classes`` or ``ignore_index``
+    collides with a class."""
+    path = Path(root) / CLASSES_FILE
+    names, palette = read_classes(path)
+    if num_classes is not None and num_classes != len(names):
+        raise UserError(f"{path}: lists {len(names)} classes but num_classes={num_classes}; set "
+                        f"num_classes={len(names)} (or NUM_CLASSES) or fix {CLASSES_FILE}")
+    if not (len(names) <= ignore_index <= 255):
+        raise UserError(f"config: ignore_index={ignore_index} must lie in {len(names)}..255 (above every class "
+                        f"index of {path}); relabel the void pixels or choose another ignore_index")
+    return FolderLayout(
+        name="folder", dir_name="", class_names=tuple(names),
+        palette=palette if palette is not None else voc_colormap(len(names)),
+        list_format="ids", train_list="train.txt", val_list="val.txt",
+        subset_pattern="splits/train_{kind}_1-{ratio}.txt", split_dirs={"train": "", "val": ""},
+        image_ext=".jpg", label_ext=".png", ignore_index=int(ignore_index),
+    )
 
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
@@ -238,7 +324,7 @@ def split_paths(cfg) -> tuple[Path, Path, Path]:
     path is taken relative to the dataset directory, e.g. ``DATA/pascal_voc``). ``labeled_ratio`` 1
     means fully labeled: both training lists are the whole training list.
     """
-    layout = get_layout(cfg.dataset)
+    layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
     if ratio == 1:
@@ -273,7 +359,7 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
     its key; a missing standard partition of ``labeled_ratio`` gets the ``make_splits`` command that
     writes it; when the training list is missing too, ``data_root`` is the likely culprit.
     """
-    layout = get_layout(cfg.dataset)
+    layout = layout_of(cfg)
     root = dataset_dir(cfg)
     paths = split_paths(cfg)
     for key, path in zip(("labeled_list", "unlabeled_list", "val_list")[: 3 if with_val else 2], paths):
@@ -282,6 +368,9 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
         if cfg.get(key, ""):
             raise UserError(f"{path}: split list not found (config {key}={cfg[key]!r}; relative paths start at {root})")
         train_list = root / layout.train_list
+        if not train_list.is_file() and layout.name == "folder":
+            raise UserError(f"{path}: split list not found, nor {train_list}; write the lists from images/ and "
+                            f"labels/ with `{make_splits_command(layout, root, int(cfg.labeled_ratio))}`")
         if not train_list.is_file():
             raise UserError(
                 f"{path}: split list not found, nor the training list {train_list}; set data_root to the folder "
@@ -295,11 +384,19 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
         if present:
             have = f"the partitions present are {', '.join(f'1/{r}' for r in present)}"
         raise UserError(
-            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with `python -m "
-            f"furnace.datasets.make_splits --list {train_list} --out {root / layout.subset_dir} --ratios {ratio}`"
+            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
+            f"`{make_splits_command(layout, root, ratio)}`"
             + (f" or set labeled_ratio to {' / '.join(map(str, present))}" if present else "")
         )
     return paths
+
+
+def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
+    """The make_splits command line that writes the 1/``ratio`` partition lists of ``layout`` at ``root``."""
+    if layout.name == "folder":
+        return f"python -m furnace.datasets.make_splits --folder {root} --ratios {ratio}"
+    return (f"python -m furnace.datasets.make_splits --list {Path(root) / layout.train_list} "
+            f"--out {Path(root) / layout.subset_dir} --ratios {ratio}")
 
 
 def read_list(path: str | os.PathLike, list_format: str) -> list[str]:

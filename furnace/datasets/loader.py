@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..utils import UserError, raise_item_error, user_error_as_item
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
-from .layouts import dataset_dir, get_layout, read_list, require_split_lists, split_paths
+from .layouts import dataset_dir, layout_of, read_list, require_split_lists, split_paths
 from .transforms import train_transform
 
 _FORK = "fork" if sys.platform.startswith("linux") else None
@@ -159,7 +159,7 @@ class TrainLoader:
         self.cfg = cfg
         self.rank, self.world_size = int(rank), int(world_size)
         self.need_unlabeled = need_unlabeled
-        self.layout = get_layout(cfg.dataset)
+        self.layout = layout_of(cfg)
         self.global_batch = int(cfg.global_batch)
         if self.global_batch % self.world_size:
             raise UserError(
@@ -243,5 +243,5 @@ class TrainLoader:
 def build_val_dataset(cfg) -> SegDataset:
     """The validation :class:`SegDataset` of ``cfg`` with labels (raw images: the evaluator
     normalises with :func:`furnace.datasets.transforms.normalize`)."""
-    layout = get_layout(cfg.dataset)
+    layout = layout_of(cfg)
     return SegDataset(layout, dataset_dir(cfg), split_paths(cfg)[2], with_label=True, split="val")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..datasets.layouts import colorize, get_layout
+from ..datasets.layouts import colorize, layout_of
 from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
 from .rng import preserved_cpu_rng
@@ -108,12 +108,42 @@ def dataset_meta(cfg) -> tuple[list[str], np.ndarray]:
     """
     names = [f"class_{i}" for i in range(cfg.num_classes)]
     palette = default_palette(max(cfg.num_classes, 1))
-    layout = get_layout(cfg.dataset)
+    layout = layout_of(cfg)
     if len(layout.class_names) == cfg.num_classes:
         names = list(layout.class_names)
     if len(layout.palette) >= cfg.num_classes:
         palette = np.asarray(layout.palette, np.uint8)
     return names, palette
+
+
+def segmentor_meta(cfg) -> dict:
+    """What a segmentor file records so that it can be used on its own (``python -m furnace.tools.predict``):
+    ``dataset``, ``class_names``, ``palette`` (list of [r, g, b]), ``ignore_index`` and the evaluation
+    settings ``eval`` = {crop, scales, flip}."""
+    names, palette = dataset_meta(cfg)
+    return {"dataset": cfg.dataset, "class_names": list(names),
+            "palette": np.asarray(palette, np.uint8)[: len(names)].tolist(),
+            "ignore_index": int(cfg.get("ignore_index", 255)),
+            "eval": {"crop": int(cfg.eval_crop), "scales": [float(s) for s in cfg.eval_scales],
+                     "flip": bool(cfg.eval_flip)}}
+
+
+def meta_of_segmentor(meta: dict) -> tuple[list[str], np.ndarray]:
+    """``(class_names, palette)`` a segmentor file's entries (:func:`read_segmentor_meta`) give; files
+    without them (older ones, converted ones without --dataset) fall back to the layout with that many
+    classes (VOC 21, Cityscapes 19, synthetic 7) or generic names and the VOC colours."""
+    from ..datasets.layouts import LAYOUTS
+
+    n = int(meta["num_classes"])
+    names, palette = meta.get("class_names"), meta.get("palette")
+    if names is not None and len(names) == n and palette is not None and len(palette) >= n:
+        return list(names), np.asarray(palette, np.uint8)
+    known = [meta.get("dataset")] + [k for k in ("voc", "city", "synthetic") if k != meta.get("dataset")]
+    for key in known:
+        layout = LAYOUTS.get(key)
+        if layout is not None and layout.num_classes == n:
+            return list(layout.class_names), np.asarray(layout.palette, np.uint8)
+    return [f"class_{i}" for i in range(n)], default_palette(max(n, 1))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -210,7 +240,7 @@ class Evaluator:
     def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None):
         self.num_classes = int(cfg.num_classes)
         self.crop = int(cfg.eval_crop)
-        self.stride = window_stride(self.crop)
+        self.stride = window_stride(self.crop) if self.crop > 0 else 0
         self.scales = [float(s) for s in cfg.eval_scales]
         self.flip = bool(cfg.eval_flip)
         self.batch = int(cfg.eval_batch)
@@ -250,7 +280,10 @@ class Evaluator:
 
     def sliding_logits(self, network, x: torch.Tensor) -> torch.Tensor:
         """(1,3,H,W) normalised image -> (1,C,H,W) logits averaged over the sliding windows (each
-        window's logits include its mirrored pass when ``eval_flip``)."""
+        window's logits include its mirrored pass when ``eval_flip``); the whole image in one pass when
+        ``eval_crop`` is 0."""
+        if self.crop <= 0:
+            return self._window_logits(network, x)
         h, w = x.shape[-2:]
         top, bottom, left, right = center_pad(h, w, self.crop)
         xp = F.pad(x, (left, right, top, bottom), value=0.0)

@@ -28,8 +28,8 @@ from ..config import accumulation_steps, config_to_dict, resolve_config, validat
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
+from .evaluator import Evaluator, dataset_meta, eval_mode, segmentor_meta
 from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
-from .evaluator import Evaluator, dataset_meta, eval_mode
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
 
@@ -284,7 +284,8 @@ class _Loop:
     def save_snapshot(self, state: LoopState, label: int) -> None:
         net = self.method.eval_network()
         dist.run_on_main(lambda: ckpt.save_snapshot(
-            net, ckpt.snapshot_path(self.cfg, label), extra={"epoch": label, "iteration": state.global_iter}))
+            net, ckpt.snapshot_path(self.cfg, label),
+            extra={"epoch": label, "iteration": state.global_iter, **segmentor_meta(self.cfg)}))
         state.snapshots.add(label)
 
     def evaluate(self, state: LoopState) -> None:

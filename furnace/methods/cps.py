@@ -37,11 +37,12 @@ class CPS(Method):
 
     def on_train_end(self, cfg):
         """Export P1 as the teacher file the student configs point to (cfg.export_teacher)."""
+        from ..engine.evaluator import segmentor_meta
         from ..models import save_segmentor
 
         save_segmentor(
             self.branch1,
             cfg.export_teacher,
-            extra={"method": "cps", "dataset": cfg.dataset, "labeled_ratio": cfg.labeled_ratio},
+            extra={"method": "cps", "labeled_ratio": cfg.labeled_ratio, **segmentor_meta(cfg)},
         )
         print(f"exported teacher {cfg.arch} -> {cfg.export_teacher}")

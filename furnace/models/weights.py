@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -488,17 +489,38 @@ def official_to_segmentor(state: Dict[str, torch.Tensor], arch: str, num_classes
     return model.eval(), dropped
 
 
-def convert_official(src, dst, arch: str, branch: str = "branch1", num_classes: Optional[int] = None) -> dict:
+def dataset_record(dataset: str, num_classes: int, where: str) -> dict:
+    """The ``dataset`` / ``class_names`` / ``palette`` entries of a segmentor file for a known dataset
+    (voc, city or cityscapes); UserError when its class count differs from the network's."""
+    from ..datasets.layouts import LAYOUTS
+
+    key = "city" if dataset == "cityscapes" else dataset
+    layout = LAYOUTS.get(key)
+    if layout is None:
+        raise UserError(f"--dataset {dataset!r} is not one of voc, cityscapes, synthetic")
+    if layout.num_classes != num_classes:
+        raise UserError(f"{where}: the network has {num_classes} classes but --dataset {dataset} has "
+                        f"{layout.num_classes}; pick the dataset the checkpoint was trained on")
+    return {"dataset": key, "class_names": list(layout.class_names),
+            "palette": np.asarray(layout.palette, np.uint8)[:num_classes].tolist()}
+
+
+def convert_official(src, dst, arch: str, branch: str = "branch1", num_classes: Optional[int] = None,
+                     dataset: Optional[str] = None) -> dict:
     """Convert network ``branch`` of the original release file ``src`` into our segmentor file ``dst``.
 
     The result gives exactly the original network's logits (same layout, same tensors). Returns a
-    summary ``{"arch", "num_classes", "tensors", "dropped", "dst"}``. UserError on a missing/unreadable
+    summary ``{"arch", "num_classes", "tensors", "dropped", "dst"}``. ``dataset`` (voc | cityscapes)
+    records its class names and palette in the file, for ``furnace.tools.predict``. UserError on a missing/unreadable
     file, an absent branch, unknown or mismatched tensors (listed), or a class-count mismatch.
     """
     if Path(dst).resolve() == Path(src).resolve():
         raise UserError(f"{dst}: the destination is the source file; write the converted file elsewhere")
     state = official_branch(safe_load(src), src, branch)
     model, dropped = official_to_segmentor(state, arch, num_classes, where=f"{src} [{branch}]")
-    save_segmentor(model, dst, extra={"converted_from": os.path.basename(str(src)), "branch": branch})
+    extra = {"converted_from": os.path.basename(str(src)), "branch": branch}
+    if dataset:
+        extra.update(dataset_record(dataset, model.num_classes, f"{src} [{branch}]"))
+    save_segmentor(model, dst, extra=extra)
     return {"arch": arch, "num_classes": model.num_classes, "tensors": len(state) - len(dropped),
             "dropped": dropped, "dst": str(dst)}

@@ -1,6 +1,7 @@
 """Convert a checkpoint released by the original MGD/CPS project into our segmentor file.
 
     python -m furnace.tools.convert_official SRC DST --arch ARCH --branch branch1|branch2|branch3 [--num-classes N]
+        [--dataset voc|cityscapes]
 
 The original files store ``{'model': state_dict}`` with keys ``branch<k>.{backbone,head,classifier}.*``.
 CPS teacher files: branch1 and branch2 are two networks of one architecture (branch1 is the teacher).
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="which network of the file to take (default: branch1)")
     parser.add_argument("--num-classes", type=int, default=None, metavar="N",
                         help="expected class count; default: read from classifier.weight (a mismatch is an error)")
+    parser.add_argument("--dataset", default=None, choices=("voc", "cityscapes"),
+                        help="record this dataset's class names and palette in the file (used by "
+                             "furnace.tools.predict); default: none, predict then goes by the class count")
     return parser.parse_args(argv)
 
 
@@ -46,7 +50,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
-        summary = convert_official(args.src, args.dst, args.arch, args.branch, args.num_classes)
+        summary = convert_official(args.src, args.dst, args.arch, args.branch, args.num_classes, args.dataset)
         dropped = f"; dropped the unused {', '.join(summary['dropped'])}" if summary["dropped"] else ""
         print(f"{args.src} [{args.branch}] -> {summary['dst']}: {summary['arch']}, {summary['num_classes']} "
               f"classes, {summary['tensors']} tensors{dropped}")

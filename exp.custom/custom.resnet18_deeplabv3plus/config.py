@@ -1,0 +1,26 @@
+"""Your own data (the folder layout), MGD student DeepLabv3+ ResNet-18 (OS16), teachers ResNet-101 + WRN-50-2.
+
+The dataset folder holds images/, labels/ (index PNGs, same stem), classes.txt and the lists that
+`python -m furnace.datasets.make_splits --folder DATA_ROOT` writes; see the README, "Train MGD on your
+own data". The recipe is furnace.config.folder_config (the VOC one); this file states what differs from
+it and the values people change. Only the data root and the class count are specific to your data:
+
+    DATA_ROOT=/path/to/mydata NUM_CLASSES=5 bash script.sh     # NUM_CLASSES defaults to classes.txt's lines
+
+Override anything on the command line: `python train.py KEY=VALUE`.
+"""
+from furnace.config import folder_config
+
+C = config = folder_config(__file__)
+# C.data_root = "/path/to/mydata"  # default: env DATA_ROOT, else DATA/custom of this repository
+# C.num_classes = 5  # default: env NUM_CLASSES, else the lines of <data_root>/classes.txt
+# C.ignore_index = 255  # the void value in your label PNGs (>= num_classes); default: env IGNORE_INDEX, else 255
+C.labeled_ratio = 8  # 1/N labeled: selects splits/train_{labeled,unlabeled}_1-N.txt, epochs, teacher files
+C.method = "mgd"
+C.arch = "resnet18"  # ImageNet weights: <WEIGHT_DIR, default DATA/model-weight>/resnet18.pth
+C.lambda_image = 0.004  # λ1, semantic-sensitive, image level (mean over images)
+C.lambda_region = 100.0  # λ2, content-aware, region level
+C.lr = 0.0025
+C.epochs_per_ratio = {"16": 32, "8": 34, "4": 40, "2": 60}  # constant total iterations
+C.teacher_deep = ""  # "" -> <WEIGHT_DIR>/teachers/<data folder name>_1-<ratio>_resnet101.pth
+C.teacher_wide = ""  # "" -> <WEIGHT_DIR>/teachers/<data folder name>_1-<ratio>_wrn50_2.pth
