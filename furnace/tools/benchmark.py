@@ -47,6 +47,8 @@ from pathlib import Path
 
 import torch
 
+from ..datasets.device import to_device
+
 ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
 STUDENTS = ("resnet18", "mobilenetv2")
 TEACHERS = ("resnet101", "wrn50_2")
@@ -213,17 +215,17 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
 
 
 def _synthetic_batch(batch: int, crop: int, num_classes: int) -> dict:
-    """A fixed training micro-batch: random images and labels, a central CutMix box (1/4 of the area)."""
+    """A fixed training micro-batch as the loader hands it over (uint8 images, labels and CutMix mask:
+    a central box, 1/4 of the area; no padding), for :func:`furnace.datasets.to_device`."""
     g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, 1, crop, crop)
+    mask = torch.zeros(batch, 1, crop, crop, dtype=torch.uint8)
     mask[:, :, crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
-    return {
-        "image_l": torch.randn(batch, 3, crop, crop, generator=g),
-        "label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g),
-        "image_u0": torch.randn(batch, 3, crop, crop, generator=g),
-        "image_u1": torch.randn(batch, 3, crop, crop, generator=g),
-        "mask_mix": mask,
-    }
+    out = {"label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g, dtype=torch.uint8),
+           "mask_mix": mask}
+    for name in ("l", "u0", "u1"):
+        out["image_" + name] = torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8)
+        out["valid_" + name] = torch.tensor([[0, 0, crop, crop]] * batch, dtype=torch.int32)
+    return out
 
 
 def _bytes(tensors) -> int:
@@ -316,10 +318,9 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
             opt_method.to(memory_format=torch.channels_last)
             fmt = torch.channels_last
         runs = {
-            "reference": _Path("reference", paths["reference"], {k: v.to(device) for k, v in data.items()}, device, None),
-            "optimized": _Path("optimized", opt_method, {k: v.to(device).contiguous(memory_format=fmt)
-                                                         if v.dim() == 4 else v.to(device) for k, v in data.items()},
-                               device, amp),
+            "reference": _Path("reference", paths["reference"], to_device(data, device), device, None),
+            "optimized": _Path("optimized", opt_method,
+                               to_device(data, device, channels_last=fmt == torch.channels_last), device, amp),
         }
         ref, fast = runs["reference"], runs["optimized"]
 
@@ -420,8 +421,7 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
 
     amp = _amp_dtype(device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    data = {k: v.to(device) for k, v in _synthetic_batch(batch, crop, num_classes).items()}
-    data = {k: v.contiguous(memory_format=fmt) if v.dim() == 4 else v for k, v in data.items()}
+    data = to_device(_synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
         C = voc_config()
         C.update(data_root=tmp, output_dir=tmp, pretrained="", arch=arch, method="cps", num_classes=num_classes,
