@@ -26,7 +26,9 @@ _launch_defaults() {
       if [ "$NNODES" -gt 1 ]; then
         [ -n "${SLURM_JOB_NODELIST:-}" ] || _launch_fail "SLURM_JOB_NODELIST is not set; set MASTER_ADDR"
         command -v scontrol >/dev/null || _launch_fail "scontrol not found on PATH; set MASTER_ADDR to the first node's host name"
-        MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+        # the whole list, then its first line (`| head -1` under pipefail could fail on SIGPIPE)
+        hosts="$(scontrol show hostnames "$SLURM_JOB_NODELIST")" || _launch_fail "scontrol show hostnames '$SLURM_JOB_NODELIST' failed; set MASTER_ADDR"
+        MASTER_ADDR="${hosts%%$'\n'*}"
         [ -n "$MASTER_ADDR" ] || _launch_fail "scontrol show hostnames '$SLURM_JOB_NODELIST' printed no host; set MASTER_ADDR"
       else
         MASTER_ADDR=127.0.0.1
