@@ -52,3 +52,21 @@ def test_network_sizes_match_spec_and_paper():
     # 3.13 GFLOPs, 37.6x / 58.1x, 3% below)
     mb = nets["mobilenetv2"]["backbone_flops_below_teachers"]
     assert (mb["resnet101"], mb["wrn50_2"]) == pytest.approx((38.7, 59.6), rel=0.05)
+
+
+def test_gpu_peaks_by_device_name_and_recipe_projections():
+    assert benchmark.gpu_peak("NVIDIA H100 80GB HBM3") == (989.0, "H100 SXM")
+    assert benchmark.gpu_peak("NVIDIA H100 PCIe") == (756.0, "H100 PCIe")
+    assert benchmark.gpu_peak("NVIDIA H200") == (989.0, "H200 SXM")
+    assert benchmark.gpu_peak("NVIDIA A100-SXM4-80GB") == (312.0, "A100")
+    assert benchmark.gpu_peak("NVIDIA L40S") == (362.0, "L40S")
+    assert benchmark.gpu_peak("Tesla T4") == (None, None)
+    # 100 ms per image at crop 512: VOC student 39338 iterations x 8 images; Cityscapes 800 crop x (800/512)^2
+    p = benchmark.recipe_projections({"student": 100.0, "teacher_resnet101": 200.0, "teacher_wrn50_2": 300.0})
+    voc = p["voc_1_8_student"]
+    assert (voc["iterations"], voc["global_batch"], voc["crop"]) == (39338, 8, 512)
+    assert voc["hours"] == pytest.approx(100 * 8 * 39338 / 3.6e6, abs=0.01)
+    city = p["city_1_8_teacher_wrn50_2"]
+    assert (city["iterations"], city["global_batch"], city["crop"]) == ((2975 - 372) // 8 * 137, 8, 800)
+    assert city["hours"] == pytest.approx(300 * (800 / 512) ** 2 * 8 * city["iterations"] / 3.6e6, abs=0.01)
+    assert city["scaled_from_crop_512"] and not voc["scaled_from_crop_512"]

@@ -11,7 +11,9 @@ import torch
 from furnace.config import resolve_config, synthetic_config
 from furnace.datasets.dataset import read_image
 from furnace.datasets import SegDataset, TrainLoader, build_val_dataset, check_dataset
-from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, stream_order
+from furnace.datasets import to_device
+from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, _EpochBatches, sample_rng, stream_order
+from furnace.datasets.transforms import train_transform
 from furnace.datasets.make_synthetic import generate
 from furnace.utils import UserError
 
@@ -63,13 +65,43 @@ def test_batch_contents(data_root):
     batches = loader.epoch(0)
     assert len(batches) == 16
     batch = next(iter(batches))
-    assert set(batch) == {"image_l", "label_l", "image_u0", "image_u1", "mask_mix"}
+    assert set(batch) == {"image_l", "label_l", "image_u0", "image_u1", "mask_mix", "valid_l", "valid_u0", "valid_u1"}
     assert batch["image_l"].shape == batch["image_u0"].shape == batch["image_u1"].shape == (2, 3, CROP, CROP)
-    assert batch["image_l"].dtype == torch.float32 and batch["label_l"].dtype == torch.int64
+    # workers do no float work: uint8 images (a channels-last view), labels and mask
+    assert batch["image_l"].dtype == torch.uint8 and batch["label_l"].dtype == torch.uint8
+    assert batch["image_l"].is_contiguous(memory_format=torch.channels_last)
+    assert batch["mask_mix"].dtype == torch.uint8 and batch["valid_l"].dtype == torch.int32
     assert batch["label_l"].shape == (2, CROP, CROP) and batch["mask_mix"].shape == (2, 1, CROP, CROP)
+    assert batch["valid_l"].shape == (2, 4)
     assert set(batch["label_l"].unique().tolist()) <= set(range(7)) | {255}
-    assert set(batch["mask_mix"].unique().tolist()) <= {0.0, 1.0}
-    assert batch["image_l"].abs().max() < 3.0  # normalised, not 0..255
+    assert set(batch["mask_mix"].unique().tolist()) <= {0, 1}
+    moved = to_device(batch, "cpu")
+    assert set(moved) == {"image_l", "label_l", "image_u0", "image_u1", "mask_mix"}
+    assert moved["image_l"].dtype == torch.float32 and moved["label_l"].dtype == torch.int64
+    assert moved["mask_mix"].dtype == torch.float32 and moved["image_l"].is_contiguous()
+    assert moved["image_l"].abs().max() < 3.0  # normalised, not 0..255
+
+
+def test_device_normalisation_is_bit_identical_to_the_cpu_transform(data_root):
+    """uint8 loader + to_device == the all-CPU float transform (normalise, then pad with 0)."""
+    cfg = make_cfg(data_root, micro_batch=4, train_scales=[0.5, 0.75, 1.0, 1.5])
+    loader = TrainLoader(cfg)
+    batches = _EpochBatches(loader, 0, loader.orders(0))
+    padded = 0
+    for k in range(4):
+        raw = batches[k]
+        moved = to_device(raw, "cpu")
+        for name, dataset, stream in (("l", loader.labeled, STREAM_LABELED), ("u0", loader.unlabeled, STREAM_U0)):
+            for i, p in enumerate(loader.positions(k)):
+                sample = dataset[int(batches.orders[stream][p])]
+                rng = sample_rng(cfg.seed, 0, p, stream)
+                want, want_label = train_transform(sample["image"], sample.get("label"), rng, crop_size=CROP,
+                                                   scales=cfg.train_scales)
+                assert torch.equal(moved["image_" + name][i], torch.from_numpy(want).permute(2, 0, 1))
+                if name == "l":
+                    assert torch.equal(moved["label_l"][i], torch.from_numpy(want_label).long())
+                padded += int((raw["valid_" + name][i] != torch.tensor([0, 0, CROP, CROP])).any())
+    assert padded > 0  # scale 0.5 of 32 px images pads: the zeroing outside the box was exercised
 
 
 def test_epoch_length_and_oversampling(data_root):
@@ -140,7 +172,7 @@ def test_labeled_only(data_root):
     semi, sup = TrainLoader(cfg), TrainLoader(cfg, need_unlabeled=False)
     assert sup.iters_per_epoch == semi.iters_per_epoch == 8
     a, b = collect(sup.epoch(0)), collect(semi.epoch(0))
-    assert set(a[0]) == {"image_l", "label_l"}
+    assert set(a[0]) == {"image_l", "label_l", "valid_l"}
     for x, y in zip(a, b):
         assert torch.equal(x["image_l"], y["image_l"]) and torch.equal(x["label_l"], y["label_l"])
 

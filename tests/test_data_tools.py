@@ -308,3 +308,16 @@ def test_measure_loader_reports_throughput(synthetic_root):
     )
     result = measure_loader(resolve_config(cfg), num_batches=3, warmup=1)
     assert result["samples_per_s"] > 0 and result["micro_batch"] == 2 and result["batches"] == 3
+
+
+def test_bench_data_reports_the_decode_floor_and_the_ratio(synthetic_root):
+    from furnace.config import resolve_config, synthetic_config
+    from furnace.tools.bench_data import measure_with_floor
+
+    cfg = synthetic_config()
+    cfg.update(data_root=str(synthetic_root.parent), num_classes=7, crop_size=32, global_batch=2,
+               labeled_ratio=2, num_workers=0)
+    result = measure_with_floor(resolve_config(cfg), num_batches=2, repeats=2, need_unlabeled=True)
+    assert result["decode_floor_samples_per_s"] > 0 and len(result["runs_decode_floor"]) == 2
+    assert result["ratio_to_decode_floor"] == pytest.approx(
+        result["samples_per_s_per_worker"] / result["decode_floor_samples_per_s"], abs=1e-3)

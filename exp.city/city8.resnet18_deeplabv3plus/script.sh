@@ -4,23 +4,19 @@
 #
 #   NGPUS=8 bash script.sh                                   # one machine, 8 GPUs
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 bash script.sh    # first of two machines (NODE_RANK=1 on the other)
+#   sbatch --nodes=2 --gpus-per-node=8 tools/slurm_example.sbatch exp.city/city8.resnet18_deeplabv3plus   # SLURM (from the repo root)
+#   DRY_RUN=1 bash script.sh                                 # print the torchrun commands only
 #   bash script.sh labeled_ratio=16                          # extra arguments are config overrides
 set -euo pipefail
 cd "$(dirname "$0")"
+source ../../tools/launch.sh
 export DATA_ROOT="${DATA_ROOT:-../../DATA}"
 export OUTPUT_DIR="${OUTPUT_DIR:-./output}"
-NGPUS="${NGPUS:-1}"
-NNODES="${NNODES:-1}"
-NODE_RANK="${NODE_RANK:-0}"
-MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-MASTER_PORT="${MASTER_PORT:-29500}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 
-torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NGPUS" \
-  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  train.py --resume auto "$@"
+launch train.py --resume auto "$@"
 
 # Evaluate every kept snapshot on the val set (one machine), report each, the last and the best.
-if [ "$NODE_RANK" = 0 ]; then
-  torchrun --nproc_per_node "$NGPUS" --master_port "$MASTER_PORT" eval.py -e all "$@"
+if is_first_node; then
+  launch_local eval.py -e all "$@"
 fi

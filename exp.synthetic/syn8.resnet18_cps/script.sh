@@ -2,10 +2,12 @@
 # Synthetic demo, baseline: ResNet-18 student trained with CPS + CutMix, no teachers.
 # The whole demo (data, both teachers, baselines, MGD, results) is `python exp.synthetic/pipeline.py`;
 # this runs one stage. DATA_ROOT must hold synthetic/ (python -m furnace.datasets.make_synthetic --root DATA/synthetic).
+# NGPUS, NNODES/NODE_RANK/MASTER_ADDR, SLURM and DRY_RUN=1: see ../../tools/launch.sh
 set -euo pipefail
 cd "$(dirname "$0")"
+source ../../tools/launch.sh
 export DATA_ROOT="${DATA_ROOT:-../../DATA}"
 export OUTPUT_DIR="${OUTPUT_DIR:-./output}"
-NGPUS="${NGPUS:-1}"
-torchrun --nproc_per_node "$NGPUS" --master_port "${MASTER_PORT:-29500}" train.py --resume auto "$@"
-torchrun --nproc_per_node "$NGPUS" --master_port "${MASTER_PORT:-29500}" eval.py -e last "$@"
+
+launch train.py --resume auto "$@"
+launch_local eval.py -e last "$@"

@@ -4,6 +4,7 @@ the training loader. Tools run as ``python -m furnace.datasets.<tool>``: ``prepa
 
 from .cutmix import box_mask
 from .dataset import SegDataset, read_image, read_label
+from .device import to_device
 from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, split_paths
 from .loader import TrainLoader, build_val_dataset
 from .transforms import normalize, train_transform
@@ -24,6 +25,7 @@ __all__ = [
     "read_label",
     "read_list",
     "split_paths",
+    "to_device",
     "train_transform",
 ]
 

@@ -7,6 +7,7 @@ outside the classes) raises :class:`~furnace.utils.UserError` naming the file wh
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,11 +57,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+@functools.lru_cache(maxsize=16)
+def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
+    """(256,) uint8 table: 1 for pixel values that are neither a class id nor ``ignore_index``."""
+    table = np.ones(256, np.uint8)
+    table[:num_classes] = 0
+    if 0 <= ignore_index < 256:
+        table[ignore_index] = 0
+    return table
+
+
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
 
-    Values must lie in ``[0, num_classes) ∪ {ignore_index}``; ``ignore_index`` is returned as 255. A palette PNG (whose colours cv2 would
-    expand), an RGB/RGBA colour label, a 16-bit or non-PNG file raise UserError naming ``path``.
+    Values must lie in ``[0, num_classes) ∪ {ignore_index}``; ``ignore_index`` is returned as
+    ``IGNORE_INDEX`` (255). A palette PNG (whose colours cv2 would expand), an RGB/RGBA colour label,
+    a 16-bit or non-PNG file raise UserError naming ``path``.
     """
     path = Path(path)
     data = _read_bytes(path, "label")
@@ -85,18 +97,18 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
     label = _decode(data, cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2:
         raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
-    counts = np.bincount(label.ravel(), minlength=256)
-    counts[:num_classes] = 0
-    counts[ignore_index] = 0
-    if counts.any():
+    if cv2.countNonZero(cv2.LUT(label, _invalid_values(num_classes, ignore_index))):  # fast check, then detail
+        counts = np.bincount(label.ravel(), minlength=256)
+        counts[:num_classes] = 0
+        counts[ignore_index] = 0
         bad = np.flatnonzero(counts)
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise UserError(
             f"{path}: label values {{{shown}}} are outside the {num_classes} classes (0..{num_classes - 1}) "
             f"and ignore {ignore_index}; is this the right dataset, and are labels trainIds/index values?"
         )
-    if ignore_index != 255:  # everything downstream (losses, metrics) knows void as 255
-        label = np.where(label == ignore_index, np.uint8(255), label)
+    if ignore_index != IGNORE_INDEX:  # everything downstream (losses, metrics) knows void as IGNORE_INDEX
+        label = np.where(label == ignore_index, np.uint8(IGNORE_INDEX), label)
     return label
 
 

@@ -29,11 +29,14 @@ from ..utils import UserError, raise_item_error, user_error_as_item
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
 from .layouts import dataset_dir, layout_of, read_list, require_split_lists, split_paths
-from .transforms import train_transform
+from .slots import SlotRing, allocate
+from .transforms import augment
 
 _FORK = "fork" if sys.platform.startswith("linux") else None
 STREAM_LABELED, STREAM_U0, STREAM_U1, STREAM_MASK = 0, 1, 2, 3
 _TAG_ORDER, _TAG_SAMPLE = 0x0D3E, 0x5A17  # keep order and per-sample seeds apart
+_SLOT_KEY = "__slot__"
+_PREFETCH = 2  # micro-batches each worker prepares ahead
 
 
 def _entropy(seed) -> int:
@@ -59,20 +62,17 @@ def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.G
     )
 
 
-def _to_chw(images: list[np.ndarray]) -> torch.Tensor:
-    """(h, w, 3) arrays -> (B, 3, h, w) float32 tensor with a single copy."""
-    out = torch.empty((len(images), 3, *images[0].shape[:2]), dtype=torch.float32)
-    view = out.numpy()
-    for i, image in enumerate(images):
-        view[i] = image.transpose(2, 0, 1)
-    return out
+def _as_batch(arrays: dict) -> dict:
+    """Filled buffers -> the batch: HWC image buffers viewed as (B, 3, c, c), i.e. channels-last."""
+    return {key: value.permute(0, 3, 1, 2) if key.startswith("image_") else value for key, value in arrays.items()}
 
 
 class _EpochBatches(Dataset):
     """Micro-batch ``k`` of one process's epoch (map-style, so workers can take any ``k``)."""
 
-    def __init__(self, loader: "TrainLoader", epoch: int, orders: dict):
+    def __init__(self, loader: "TrainLoader", epoch: int, orders: dict, ring: SlotRing | None = None):
         self.cfg = loader.cfg
+        self.ring = ring  # with workers: micro-batches travel through shared slots
         self.epoch = epoch
         self.orders = orders
         self.labeled, self.unlabeled = loader.labeled, loader.unlabeled
@@ -82,62 +82,77 @@ class _EpochBatches(Dataset):
         self.crop = int(self.cfg.crop_size)
         self.scales = list(self.cfg.train_scales)
         self.ignore = loader.layout.ignore_index
+        # uint8 holds class ids and the ignore value up to 255; int16 beyond
+        self.label_dtype = torch.uint8 if max(loader.layout.num_classes - 1, self.ignore) <= 255 else torch.int16
 
     def __len__(self) -> int:
         return self.length
 
-    def _augment(self, dataset, stream: int, position: int, with_label: bool):
+    def _augment(self, dataset, stream: int, position: int, out: np.ndarray, out_label: np.ndarray | None):
         sample = dataset[int(self.orders[stream][position])]
         rng = sample_rng(self.cfg.seed, self.epoch, position, stream)
-        return train_transform(
+        _, _, valid = augment(
             sample["image"],
-            sample.get("label") if with_label else None,
+            sample.get("label") if out_label is not None else None,
             rng,
             crop_size=self.crop,
             scales=self.scales,
             ignore_index=self.ignore,
+            out=out,
+            out_label=out_label,
         )
+        return valid
 
     def __getitem__(self, k: int) -> dict:
         return user_error_as_item(self._build, k)  # _EpochIterator re-raises it unchanged
 
-    def _build(self, k: int) -> dict:
-        images, labels = [], []
-        u0, u1, masks = [], [], []
-        for p in self.positions(k):
-            image, label = self._augment(self.labeled, STREAM_LABELED, p, True)
-            images.append(image)
-            labels.append(label)
-            if self.need_unlabeled:
-                u0.append(self._augment(self.unlabeled, STREAM_U0, p, False)[0])
-                u1.append(self._augment(self.unlabeled, STREAM_U1, p, False)[0])
-                mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
-                masks.append(box_mask_from_cfg((self.crop, self.crop), mask_rng, self.cfg))
-        label_l = torch.empty((len(labels), *labels[0].shape), dtype=torch.int64)
-        np.copyto(label_l.numpy(), np.stack(labels), casting="safe")
-        batch = {"image_l": _to_chw(images), "label_l": label_l}
+    def specs(self) -> dict:
+        """``{key: (shape, dtype)}`` of one micro-batch's buffers (images HWC)."""
+        n, c = self.cfg.micro_batch, self.crop
+        specs = {"label_l": ((n, c, c), self.label_dtype)}
+        for name in ("l", "u0", "u1") if self.need_unlabeled else ("l",):
+            specs["image_" + name] = ((n, c, c, 3), torch.uint8)
+            specs["valid_" + name] = ((n, 4), torch.int32)
         if self.need_unlabeled:
-            batch["image_u0"] = _to_chw(u0)
-            batch["image_u1"] = _to_chw(u1)
-            mask_mix = torch.empty((len(masks), 1, *masks[0].shape), dtype=torch.float32)
-            np.copyto(mask_mix.numpy()[:, 0], np.stack(masks))
-            batch["mask_mix"] = mask_mix
-        return batch
+            specs["mask_mix"] = ((n, 1, c, c), torch.uint8)
+        return specs
+
+    def _build(self, k: int) -> dict:
+        positions = self.positions(k)
+        c = self.crop
+        streams = [("l", self.labeled, STREAM_LABELED)]
+        if self.need_unlabeled:
+            streams += [("u0", self.unlabeled, STREAM_U0), ("u1", self.unlabeled, STREAM_U1)]
+        buffers = allocate(self.specs()) if self.ring is None else self.ring.acquire(k)
+        arrays = {key: value.numpy() for key, value in buffers.items()}
+        for i, p in enumerate(positions):
+            for name, dataset, stream in streams:
+                out = arrays["image_" + name][i]
+                out_label = arrays["label_l"][i] if name == "l" else None
+                arrays["valid_" + name][i] = self._augment(dataset, stream, p, out, out_label)
+            if self.need_unlabeled:
+                mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
+                arrays["mask_mix"][i, 0] = box_mask_from_cfg((c, c), mask_rng, self.cfg)
+        return _as_batch(buffers) if self.ring is None else {_SLOT_KEY: k}
 
 
 class _EpochIterator:
     """Iterable over one epoch's micro-batches with ``len()``; re-raises worker UserErrors intact."""
 
-    def __init__(self, data_loader: DataLoader, length: int):
+    def __init__(self, data_loader: DataLoader, length: int, ring: SlotRing | None = None, pin: bool = False):
         self._data_loader = data_loader
         self._length = length
+        self._ring, self._pin = ring, pin
 
     def __len__(self) -> int:
         return self._length
 
     def __iter__(self):
         for batch in self._data_loader:
-            yield raise_item_error(batch)
+            batch = raise_item_error(batch)
+            if _SLOT_KEY in batch:
+                batch = _as_batch(self._ring.copy_out(batch[_SLOT_KEY], pin=self._pin))
+            yield batch
 
 
 class TrainLoader:
@@ -148,11 +163,14 @@ class TrainLoader:
     iteration on this process) and ``micro_batch``. ``epoch(e, start_iter=0)`` yields
     ``(iters_per_epoch - start_iter) * accum`` dicts of CPU tensors:
 
-    * ``image_l`` (B, 3, c, c) float32 normalised, ``label_l`` (B, c, c) int64 (255 = ignore);
-    * with ``need_unlabeled``: ``image_u0``, ``image_u1`` (B, 3, c, c) float32 and ``mask_mix``
-      (B, 1, c, c) float32 in {0, 1} (1 = pixel from u1),
+    * ``image_l`` (B, 3, c, c) uint8 RGB (a channels-last view), ``label_l`` (B, c, c) uint8
+      (255 = ignore; int16 above 256 classes), ``valid_l`` (B, 4) int32 ``(y0, x0, y1, x1)`` boxes of
+      real pixels (the rest is padding, 0 after normalisation);
+    * with ``need_unlabeled``: ``image_u0``, ``image_u1`` with ``valid_u0``, ``valid_u1`` and
+      ``mask_mix`` (B, 1, c, c) uint8 in {0, 1} (1 = pixel from u1),
 
-    with B = ``micro_batch`` and c = ``cfg.crop_size``.
+    with B = ``micro_batch`` and c = ``cfg.crop_size``. :func:`furnace.datasets.to_device` turns it
+    into what the methods consume (float32 normalised images, int64 labels, float32 mask).
     """
 
     def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, need_unlabeled: bool = True):
@@ -224,20 +242,25 @@ class TrainLoader:
         """Micro-batches of ``epoch`` from iteration ``start_iter`` on (earlier ones are not read)."""
         if not 0 <= start_iter <= self.iters_per_epoch:
             raise ValueError(f"start_iter={start_iter} outside [0, {self.iters_per_epoch}]")
-        batches = _EpochBatches(self, int(epoch), self.orders(int(epoch)))
         num_workers = int(self.cfg.num_workers)
+        batches = _EpochBatches(self, int(epoch), self.orders(int(epoch)))
+        ring = None
+        if num_workers > 0:  # one slot per micro-batch the DataLoader can have in flight, plus margin
+            ring = SlotRing(batches.specs(), _PREFETCH * num_workers + 2, first=start_iter * self.accum)
+            batches.ring = ring
         data_loader = DataLoader(
             batches,
             batch_size=None,
             sampler=range(start_iter * self.accum, len(batches)),
             num_workers=num_workers,
-            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=_PREFETCH if num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available() and ring is None,  # with workers the slot copy pins
             # Fork on Linux, whatever Python's default: other start methods re-import the launching
             # script (train.py) in every worker. (And no cv2.setNumThreads() in the workers: in a
             # forked child it waits forever on the parent's OpenCV thread-pool state.)
             multiprocessing_context=_FORK if num_workers > 0 else None,
         )
-        return _EpochIterator(data_loader, len(batches) - start_iter * self.accum)
+        return _EpochIterator(data_loader, len(batches) - start_iter * self.accum, ring, pin=torch.cuda.is_available())
 
 
 def build_val_dataset(cfg) -> SegDataset:

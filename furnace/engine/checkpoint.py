@@ -26,8 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from ..config import config_to_dict
 from ..models.weights import old_decoder_order_message
 from ..utils import UserError, atomic_save, safe_load

@@ -52,10 +52,22 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     return torch.device("cuda", local_rank)
 
 
+def _backend(dev: torch.device) -> str:
+    """NCCL on CUDA, gloo on CPU; the ``DIST_BACKEND`` environment variable (nccl | gloo) overrides it
+    (gloo also runs collectives on CUDA tensors, e.g. several processes sharing one GPU)."""
+    chosen = os.environ.get("DIST_BACKEND", "").strip().lower()
+    if chosen not in ("", "nccl", "gloo"):
+        raise UserError(f"environment: DIST_BACKEND={chosen!r} is not nccl or gloo (or unset)")
+    if chosen == "nccl" and dev.type != "cuda":
+        raise UserError("environment: DIST_BACKEND=nccl needs CUDA devices; unset it or use gloo")
+    return chosen or ("nccl" if dev.type == "cuda" else "gloo")
+
+
 def setup(device: str = "auto") -> tuple[int, int, torch.device]:
     """Join the process group ``torchrun`` describes (idempotent) and pick this process's device.
 
-    Returns ``(rank, world_size, device)``. NCCL when the device is CUDA, gloo on CPU. With
+    Returns ``(rank, world_size, device)``. NCCL when the device is CUDA, gloo on CPU
+    (``DIST_BACKEND`` overrides, see :func:`_backend`). With
     ``WORLD_SIZE`` unset or 1 no group is created.
     """
     world = env_world_size()
@@ -65,7 +77,7 @@ def setup(device: str = "auto") -> tuple[int, int, torch.device]:
         torch.cuda.set_device(dev)
     _STATE["device"] = dev
     if world > 1 and not tdist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = _backend(dev)
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         tdist.init_process_group(backend=backend, init_method="env://", **kwargs)
         _STATE["owns_group"] = True

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import accumulation_steps, config_to_dict, resolve_config, validate_config
+from ..datasets.device import to_device
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
@@ -38,15 +39,6 @@ _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "num_workers", "log_eve
                  "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name"}
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device, non_blocking=True)
-            if channels_last and k.startswith("image") and v.ndim == 4:
-                v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
 
 
 def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
@@ -335,7 +327,7 @@ def _forward_backward(ddp_call, ddp, batches, accum, device, dtype, scaler, chan
             batch = next(batches, None)
         if batch is None:
             raise RuntimeError(f"the loader's epoch ended before {accum} micro-batches of an iteration")
-        batch = _to_device(batch, device, channels_last)
+        batch = to_device(batch, device, channels_last=channels_last)
         sync = m == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
         with (contextlib.nullcontext() if sync else ddp.no_sync()):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

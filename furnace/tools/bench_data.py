@@ -1,12 +1,18 @@
 """Training data-loading throughput: how many training samples per second a loader worker makes.
 
-    python -m furnace.tools.bench_data [--workers 1 2] [--crop 512] [--images 48]
+    python -m furnace.tools.bench_data [--workers 1 2] [--crop 512] [--images 48] [--repeats 5]
 
 Writes VOC-layout 500x375 JPEG images with index-PNG labels (the synthetic generator at VOC size) into
 a temporary folder, runs :class:`furnace.datasets.TrainLoader` on them and prints JSON. A
 "semi-supervised sample" is one global sample position: a labeled crop with its label, two unlabeled
 crops and a CutMix mask (what CPS and MGD consume); "labeled-only" is what the supervised baseline
 consumes.
+
+In the same run it measures the decode floor: the same files the loader reads for those samples
+(JPEG images, PNG labels), read and decoded with ``cv2.imdecode`` and nothing else, in this process.
+``ratio_to_decode_floor`` is the loader's samples/s per worker over the floor's samples/s: 1.0 would
+mean augmentation, checks, batching and the worker hand-over cost nothing. With ``--repeats`` each
+number is the median of that many measurements (the ratio is taken from the medians).
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 
+import cv2
+import numpy as np
 import torch
 
 
@@ -59,6 +68,62 @@ def measure_loader(cfg, *, num_batches: int = 12, warmup: int = 2, need_unlabele
     }
 
 
+def _sample_files(loader, positions, need_unlabeled: bool) -> list[list]:
+    """Per global sample position, the files the loader reads for it (labeled image and label, plus
+    the two unlabeled images when ``need_unlabeled``)."""
+    from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1
+
+    orders = loader.orders(0)
+    files = []
+    for p in positions:
+        image, label, _ = loader.labeled.files(int(orders[STREAM_LABELED][p]))
+        sample = [(image, cv2.IMREAD_COLOR), (label, cv2.IMREAD_UNCHANGED)]
+        if need_unlabeled:
+            for stream in (STREAM_U0, STREAM_U1):
+                sample.append((loader.unlabeled.files(int(orders[stream][p]))[0], cv2.IMREAD_COLOR))
+        files.append(sample)
+    return files
+
+
+def measure_decode_floor(cfg, *, num_samples: int, need_unlabeled: bool = True) -> dict:
+    """Samples/s of reading and decoding (cv2 only) the files of the first ``num_samples`` sample
+    positions of epoch 0, in this process: the floor a loader worker cannot beat."""
+    from furnace.datasets import TrainLoader
+
+    loader = TrainLoader(cfg, need_unlabeled=need_unlabeled)
+    files = _sample_files(loader, range(num_samples), need_unlabeled)
+    start = time.perf_counter()
+    for sample in files:
+        for path, flags in sample:
+            if cv2.imdecode(np.fromfile(str(path), np.uint8), flags) is None:
+                raise RuntimeError(f"{path}: cannot be decoded")
+    seconds = time.perf_counter() - start
+    return {"samples_per_s": round(num_samples / seconds, 2), "samples": num_samples, "seconds": round(seconds, 3)}
+
+
+def _median_of(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 2)
+
+
+def measure_with_floor(cfg, *, num_batches: int, repeats: int, need_unlabeled: bool) -> dict:
+    """:func:`measure_loader` and :func:`measure_decode_floor` ``repeats`` times each (interleaved, so
+    both see the same machine load); medians and the loader-per-worker / floor ratio."""
+    loader_runs, floor_runs = [], []
+    samples = num_batches * int(cfg.micro_batch)
+    for _ in range(repeats):
+        loader_runs.append(measure_loader(cfg, num_batches=num_batches, need_unlabeled=need_unlabeled))
+        floor_runs.append(measure_decode_floor(cfg, num_samples=samples, need_unlabeled=need_unlabeled))
+    result = dict(loader_runs[-1])
+    result["samples_per_s"] = _median_of(loader_runs, "samples_per_s")
+    result["samples_per_s_per_worker"] = _median_of(loader_runs, "samples_per_s_per_worker")
+    result["decode_floor_samples_per_s"] = _median_of(floor_runs, "samples_per_s")
+    result["ratio_to_decode_floor"] = round(result["samples_per_s_per_worker"] / result["decode_floor_samples_per_s"], 3)
+    result["repeats"] = repeats
+    result["runs_samples_per_s_per_worker"] = [r["samples_per_s_per_worker"] for r in loader_runs]
+    result["runs_decode_floor"] = [r["samples_per_s"] for r in floor_runs]
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m furnace.tools.bench_data",
@@ -74,6 +139,7 @@ def main(argv=None) -> int:
         default=64,
         help="training images to generate (default 64; at least (2 + batches) x micro-batch)",
     )
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per setting; medians are reported (default 1)")
     args = parser.parse_args(argv)
 
     from furnace.config import resolve_config, voc_config
@@ -97,7 +163,8 @@ def main(argv=None) -> int:
             )
             cfg = resolve_config(cfg)
             for need_unlabeled in (True, False):
-                results.append(measure_loader(cfg, num_batches=args.batches, need_unlabeled=need_unlabeled))
+                results.append(measure_with_floor(cfg, num_batches=args.batches, repeats=max(1, args.repeats),
+                                                  need_unlabeled=need_unlabeled))
     print(json.dumps({"image_size": "500x375", "cpu_count": os.cpu_count(), "results": results}, indent=1))
     return 0
 

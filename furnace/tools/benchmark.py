@@ -1,6 +1,6 @@
 """Benchmark: parameters, FLOPs, evaluation speed, the MGD training step and the data loader.
 
-    python -m furnace.tools.benchmark [--device cpu|cuda] [--quick] [--json OUT]
+    python -m furnace.tools.benchmark [--device cpu|cuda] [--quick | --tiny] [--json OUT]
 
 Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
 
@@ -23,10 +23,16 @@ Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
   programs share the cores), and ``max_loss_rel_diff``: the largest relative difference between the
   two paths' losses on the first step (on CUDA with autocast both paths are also run once in fp32 with
   TF32 off: ``max_loss_rel_diff_fp32`` isolates the maths from the bf16 rounding).
+  On CUDA also the share of the GPU's dense bf16 peak (GPU_PEAK_TFLOPS, by device name).
+* ``teachers``: one CPS teacher training iteration of resnet101 and wrn50_2 at the same batch and crop
+  (autocast and channels_last on CUDA), as the teacher recipes train; with the MGD step it gives
+  ``projections``: the wall time on this one device of the VOC and Cityscapes 1/8 student and teacher
+  recipes (iterations from the experiment folders' configs; Cityscapes' crop 800 scaled by pixels).
 * ``data``: training samples/s of ``furnace.datasets.TrainLoader`` per loader worker
   (``furnace.tools.bench_data.measure_loader``) on generated 500x375 VOC-layout JPEGs, crop 512.
 
-``--quick`` uses small sizes and few repeats (CPU: about a minute and a half on 2 cores).
+``--quick`` uses small sizes and few repeats (CPU: about a minute and a half on 2 cores); ``--tiny``
+shrinks the networks too (crop 64, one step, 64x128 evaluation): a check that every section runs.
 """
 from __future__ import annotations
 
@@ -42,17 +48,38 @@ from pathlib import Path
 import torch
 
 from ..config import ARCHS
+from ..datasets.device import to_device
 from ..engine.dist import amp_dtype
 
 STUDENTS = ("resnet18", "mobilenetv2")
 TEACHERS = ("resnet101", "wrn50_2")
 # The paper's claim (abstract): the students' backbone FLOPs are this many times below the teachers'.
 PAPER_BACKBONE_RATIOS = {"resnet18": (3.4, 5.3), "mobilenetv2": (38.7, 59.6)}
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the utilisation figure.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, for the
+# utilisation figure: (substring of torch.cuda.get_device_name, peak, label); the first match wins.
+GPU_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0, "H100 PCIe"),
+    ("H100", 989.0, "H100 SXM"),
+    ("H200", 989.0, "H200 SXM"),
+    ("A100", 312.0, "A100"),
+    ("L40S", 362.0, "L40S"),
+    ("L40", 181.0, "L40"),
+    ("L4", 121.0, "L4"),
+)
+# Training-set sizes at 1/8 labeled (SPEC): (all training images, labeled); the rest is unlabeled.
+RECIPE_DATA = {"voc": (10582, 1323), "city": (2975, 372)}
+# The 1/8 experiment folders whose config.py give crop, global batch and epochs of each recipe.
+RECIPES = {
+    "voc_1_8": {"student": "exp.voc/voc8.resnet18_deeplabv3plus", "teacher_resnet101": "exp.voc/voc8.resnet101_deeplabv3plus",
+                "teacher_wrn50_2": "exp.voc/voc8.wrn50_2_deeplabv3plus"},
+    "city_1_8": {"student": "exp.city/city8.resnet18_deeplabv3plus",
+                 "teacher_resnet101": "exp.city/city8.resnet101_deeplabv3plus",
+                 "teacher_wrn50_2": "exp.city/city8.wrn50_2_deeplabv3plus"},
+}
 # VOC 1/8 with the recipe's global batch 8: (10,582 - 1,323) // 8 iterations per epoch x 34 epochs.
 VOC_1_8_ITERS = (10582 - 1323) // 8 * 34
 EVAL_SIZES = {"512x512": (512, 512, 512, "voc"), "1024x2048": (1024, 2048, 800, "city")}
+TINY_EVAL_SIZES = {"64x128": (64, 128, 64, "voc")}  # --tiny (a dry run of the tool)
 
 
 def _sync(device: torch.device) -> None:
@@ -158,7 +185,7 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
     from ..engine.evaluator import Evaluator, sliding_windows, window_stride
     from ..models import build_model
 
-    h, w, crop, dataset = EVAL_SIZES[size]
+    h, w, crop, dataset = {**EVAL_SIZES, **TINY_EVAL_SIZES}[size]
     cfg = voc_config() if dataset == "voc" else city_config()
     cfg.update(eval_crop=crop, eval_scales=[1.0], eval_flip=False, amp="auto",
                channels_last=device.type == "cuda", device=device.type)
@@ -183,17 +210,17 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
 
 
 def _synthetic_batch(batch: int, crop: int, num_classes: int) -> dict:
-    """A fixed training micro-batch: random images and labels, a central CutMix box (1/4 of the area)."""
+    """A fixed training micro-batch as the loader hands it over (uint8 images, labels and CutMix mask:
+    a central box, 1/4 of the area; no padding), for :func:`furnace.datasets.to_device`."""
     g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, 1, crop, crop)
+    mask = torch.zeros(batch, 1, crop, crop, dtype=torch.uint8)
     mask[:, :, crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
-    return {
-        "image_l": torch.randn(batch, 3, crop, crop, generator=g),
-        "label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g),
-        "image_u0": torch.randn(batch, 3, crop, crop, generator=g),
-        "image_u1": torch.randn(batch, 3, crop, crop, generator=g),
-        "mask_mix": mask,
-    }
+    out = {"label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g, dtype=torch.uint8),
+           "mask_mix": mask}
+    for name in ("l", "u0", "u1"):
+        out["image_" + name] = torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8)
+        out["valid_" + name] = torch.tensor([[0, 0, crop, crop]] * batch, dtype=torch.int32)
+    return out
 
 
 def _bytes(tensors) -> int:
@@ -286,10 +313,9 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
             opt_method.to(memory_format=torch.channels_last)
             fmt = torch.channels_last
         runs = {
-            "reference": _Path("reference", paths["reference"], {k: v.to(device) for k, v in data.items()}, device, None),
-            "optimized": _Path("optimized", opt_method, {k: v.to(device).contiguous(memory_format=fmt)
-                                                         if v.dim() == 4 else v.to(device) for k, v in data.items()},
-                               device, amp),
+            "reference": _Path("reference", paths["reference"], to_device(data, device), device, None),
+            "optimized": _Path("optimized", opt_method,
+                               to_device(data, device, channels_last=fmt == torch.channels_last), device, amp),
         }
         ref, fast = runs["reference"], runs["optimized"]
 
@@ -377,6 +403,76 @@ def _compile(path: _Path, mode: str) -> None:
         raise ValueError(f"unknown compile mode {mode!r}")
 
 
+# ----------------------------------------------------------------------------- teachers, recipes
+
+
+def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int, steps: int = 3, warmup: int = 1,
+                       num_classes: int = 21, width_mult: float = 1.0, head_channels: int = 256) -> dict:
+    """One CPS teacher training iteration (two ``arch`` networks, forward, backward, SGD update) at
+    ``batch`` x ``crop``, as the teacher recipes train: autocast and channels_last on CUDA.
+    Returns ``{"arch", "batch", "crop", "step_ms", "images_per_s", "step_ms_all"}``."""
+    from ..config import resolve_config, voc_config
+    from ..methods import build_method
+
+    amp = amp_dtype("auto", device)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    data = to_device(_synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
+    with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
+        C = voc_config()
+        C.update(data_root=tmp, output_dir=tmp, pretrained="", arch=arch, method="cps", num_classes=num_classes,
+                 width_mult=width_mult, head_channels=head_channels)
+        torch.manual_seed(3)
+        method = build_method(resolve_config(C)).to(device).train().to(memory_format=fmt)
+    path = _Path("teacher", method, data, device, amp)
+    for _ in range(1 + warmup):
+        path.step()
+    for _ in range(max(1, steps)):
+        path.timed_step()
+    ms = statistics.median(path.times)
+    return {"arch": arch, "batch": batch, "crop": crop, "step_ms": round(ms, 2),
+            "images_per_s": round(batch * 1000 / ms, 3), "step_ms_all": [round(t, 1) for t in path.times]}
+
+
+def _recipe(folder: str):
+    """The resolved config of an experiment folder of this checkout (None outside a source checkout)."""
+    import runpy
+
+    path = Path(__file__).resolve().parents[2] / folder / "config.py"
+    return runpy.run_path(str(path))["C"] if path.is_file() else None
+
+
+def recipe_projections(ms_per_image_512: dict) -> dict:
+    """Projected wall time on this one device of the 1/8 recipes, from measured milliseconds per image
+    at crop 512 (``{"student": ..., "teacher_resnet101": ..., "teacher_wrn50_2": ...}``).
+
+    Iterations = (larger of labeled / unlabeled set) // global_batch x the recipe's epochs at 1/8, as
+    the loader counts them; a step at another crop is scaled by its pixel count (Cityscapes' 800 crop:
+    x 2.44), which is what the measured 512 step implies, not a measurement at that crop."""
+    out = {}
+    for recipe, roles in RECIPES.items():
+        total, labeled = RECIPE_DATA[recipe.split("_")[0]]
+        for role, folder in roles.items():
+            C = _recipe(folder)
+            if C is None or role not in ms_per_image_512:
+                continue
+            epochs = int(C.epochs_per_ratio["8"])
+            iters = max(labeled, total - labeled) // int(C.global_batch) * epochs
+            ms_image = ms_per_image_512[role] * (int(C.crop_size) / 512) ** 2
+            out[f"{recipe}_{role}"] = {
+                "iterations": iters, "global_batch": int(C.global_batch), "crop": int(C.crop_size),
+                "epochs": epochs, "hours": round(ms_image * int(C.global_batch) * iters / 3.6e6, 2),
+                "scaled_from_crop_512": int(C.crop_size) != 512}
+    return out
+
+
+def gpu_peak(device_name: str):
+    """``(peak dense bf16 TFLOP/s, label)`` of a known GPU by name, else ``(None, None)``."""
+    for key, peak, label in GPU_PEAK_TFLOPS:
+        if key in device_name:
+            return peak, label
+    return None, None
+
+
 # ----------------------------------------------------------------------------- data loader
 
 
@@ -412,7 +508,9 @@ def main(argv=None) -> dict:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CPU: under 2 minutes)")
     p.add_argument("--json", default="", help="also write the results to this file")
-    p.add_argument("--skip", nargs="*", default=[], choices=("networks", "mgd_step", "data"))
+    p.add_argument("--tiny", action="store_true",
+                   help="smallest sizes (shrunk networks, crop 64, one step): a check that every section runs (dry run)")
+    p.add_argument("--skip", nargs="*", default=[], choices=("networks", "mgd_step", "teachers", "data"))
     g = p.add_argument_group("MGD step")
     g.add_argument("--arch", choices=STUDENTS, default="resnet18", help="student (default resnet18)")
     g.add_argument("--batch", type=int, default=0, help="per-process micro-batch (default: cuda 8, cpu 2)")
@@ -448,16 +546,19 @@ def main(argv=None) -> dict:
 
 def _run(args, device: torch.device) -> dict:
     cuda = device.type == "cuda"
-    batch = args.batch or (8 if cuda else 2)
-    crop = args.crop or (512 if cuda else (128 if args.quick else 256))
-    steps = args.steps or ((5 if args.quick else 20) if cuda else (2 if args.quick else 3))
+    if args.tiny:
+        args.quick = True
+        args.width_mult, args.head_channels = min(args.width_mult, 0.125), min(args.head_channels, 16)
+    batch = args.batch or (2 if args.tiny else 8 if cuda else 2)
+    crop = args.crop or (64 if args.tiny else 512 if cuda else (128 if args.quick else 256))
+    steps = args.steps or (1 if args.tiny else (5 if args.quick else 20) if cuda else (2 if args.quick else 3))
     # the first step of each path (the loss comparison) already warms the caches and kernel choices
-    warmup = args.warmup if args.warmup >= 0 else (3 if cuda else 0 if args.quick else 1)
+    warmup = args.warmup if args.warmup >= 0 else (0 if args.tiny else 3 if cuda else 0 if args.quick else 1)
     start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "quick": args.quick}
+              "threads": torch.get_num_threads(), "quick": args.quick, "tiny": args.tiny}
     if "networks" not in args.skip:
-        sizes = ("512x512",) if (args.quick and not cuda) else tuple(EVAL_SIZES)
+        sizes = tuple(TINY_EVAL_SIZES) if args.tiny else ("512x512",) if (args.quick and not cuda) else tuple(EVAL_SIZES)
         report["networks"] = network_stats(device, eval_sizes=sizes, eval_iters=(10 if cuda else (1 if args.quick else 2)))
         if len(sizes) < len(EVAL_SIZES):
             report["networks_note"] = "--quick on a CPU: 1024x2048 evaluation skipped"
@@ -467,15 +568,29 @@ def _run(args, device: torch.device) -> dict:
                            width_mult=args.width_mult, head_channels=args.head_channels,
                            student_channels_last=scl, compile_mode=args.compile)
         if cuda:
-            peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in report["device"]), None)
+            peak, label = gpu_peak(report["device"])
+            m["gpu_peak_tflops_bf16"], m["gpu_peak_label"] = peak, label or "unknown GPU: no utilisation figure"
             if peak:
-                m["gpu_peak_tflops_bf16"] = peak
                 m["utilisation"] = round(m["achieved_tflops"] / peak, 4)
             if batch == 8 and crop == 512 and args.width_mult == 1.0:
                 m["voc_1_8_projected_hours_1gpu"] = round(m["optimized_ms"] * VOC_1_8_ITERS / 3.6e6, 2)
         report["mgd_step"] = m
+    if "teachers" not in args.skip:
+        report["teachers"] = {arch: teacher_step_bench(device, arch, batch=batch, crop=crop, steps=steps,
+                                                       warmup=warmup, width_mult=args.width_mult,
+                                                       head_channels=args.head_channels) for arch in TEACHERS}
+    if "mgd_step" in report and "teachers" in report:
+        # per image at crop 512: only a measurement at the real sizes projects the recipes' wall time
+        scale = (512 / crop) ** 2
+        per_image = {"student": report["mgd_step"]["optimized_ms"] / batch * scale,
+                     **{f"teacher_{a}": t["step_ms"] / batch * scale for a, t in report["teachers"].items()}}
+        report["projections"] = recipe_projections(per_image)
+        report["projections_note"] = (
+            "hours on this one device from the measured steps" if crop == 512 and args.width_mult == 1.0 else
+            "NOT a projection: networks or crop were shrunk (--tiny/--crop/--width-mult); shows the arithmetic only")
     if "data" not in args.skip:
-        report["data"] = loader_stats(**(dict(workers=(1,), batches=4, warmup=1) if args.quick
+        report["data"] = loader_stats(**(dict(workers=(1,), batches=2, warmup=1, crop=crop, micro_batch=2)
+                                         if args.tiny else dict(workers=(1,), batches=4, warmup=1) if args.quick
                                          else dict(workers=(1, 2), batches=10, warmup=2)))
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(format_report(report), flush=True)
@@ -516,6 +631,18 @@ def format_report(r: dict) -> str:
             + (f" (fp32 {m['max_loss_rel_diff_fp32']:.2g})" if "max_loss_rel_diff_fp32" in m else "")
             + (f"; peak {m['peak_mem_gb']} GB" if "peak_mem_gb" in m else "")
             + (f"; compile {m['compile_s']} s" if "compile_s" in m else ""))
+    if "mgd_step" in r and r["mgd_step"].get("gpu_peak_tflops_bf16"):
+        m = r["mgd_step"]
+        lines.append(f"share of the {m['gpu_peak_label']} dense bf16 peak ({m['gpu_peak_tflops_bf16']:.0f} TFLOP/s): "
+                     f"{100 * m['utilisation']:.1f} %")
+    for arch, t in r.get("teachers", {}).items():
+        lines.append(f"CPS teacher step ({arch}, batch {t['batch']}, crop {t['crop']}): {t['step_ms']:.0f} ms, "
+                     f"{t['images_per_s']:.3g} img/s")
+    if r.get("projections"):
+        lines.append(f"projected wall time on this device ({r.get('projections_note', '')}):")
+        for key, p in r["projections"].items():
+            lines.append(f"  {key:<28} {p['iterations']:>7} iters x batch {p['global_batch']:>2} crop {p['crop']}: "
+                         f"{p['hours']:.1f} h" + (" (scaled by pixels from crop 512)" if p["scaled_from_crop_512"] else ""))
     if "data" in r:
         d = r["data"]
         per = ", ".join(f"{x['num_workers']} worker(s): {x['samples_per_s']:.3g} samples/s "

@@ -1,0 +1,83 @@
+"""tools/gpu_check.sh: its CPU dry run (the same steps at the smallest sizes) and the JSON it writes;
+the carried wheels and the offline install's fallback."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from furnace.tools import gpu_check
+
+REPO = Path(__file__).resolve().parents[1]
+STEP_NAMES = ["environment", "install", "gpu_tests", "benchmark", "pipeline"]
+
+
+def test_cpu_dry_run_writes_every_step_into_out(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--device", "cpu", "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["passed"] and report["dry_run"] and report["device"] == "cpu"
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == STEP_NAMES
+    for s in report["steps"]:
+        assert s["status"] == "passed" and s["seconds"] >= 0 and s["budget_s"] > 0, s
+    assert sum(s["budget_s"] for s in report["steps"]) == report["budget_s"]
+    # the gpu tests ran and skipped cleanly without CUDA
+    tests = steps["gpu_tests"]["tests"]
+    assert tests["tests"] >= 10 and tests["skipped"] == tests["tests"] and tests["failures"] == tests["errors"] == 0
+    assert all(v.startswith("skipped: needs a CUDA device") for v in tests["cases"].values())
+    # the benchmark's sections, with the projections' arithmetic (flagged as not a projection at tiny sizes)
+    bench = json.loads((out / "benchmark.json").read_text())
+    assert bench["tiny"] and {"networks", "mgd_step", "teachers", "projections", "data"} <= set(bench)
+    assert bench["mgd_step"]["max_loss_rel_diff"] <= 1e-4
+    assert set(bench["projections"]) == {f"{r}_{role}" for r in ("voc_1_8", "city_1_8")
+                                         for role in ("student", "teacher_resnet101", "teacher_wrn50_2")}
+    assert bench["projections"]["voc_1_8_student"]["iterations"] == (10582 - 1323) // 8 * 34
+    assert bench["projections_note"].startswith("NOT a projection")
+    summary = steps["benchmark"]["summary"]
+    assert summary["teachers"].keys() == {"resnet101", "wrn50_2"}
+    # the synthetic pipeline end to end, with every stage's result
+    results = steps["pipeline"]["results"]
+    assert set(results["miou"]) == {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
+    assert results["quick"] and 0 < results["total_seconds"] <= steps["pipeline"]["seconds"]
+    assert (out / "pipeline" / "results.md").is_file()
+    log = (out / "gpu_check.log").read_text()
+    assert "share of the run" in log and "all steps passed" in proc.stdout
+
+
+def test_carried_wheels_hold_the_missing_packages():
+    for module, prefix in gpu_check.NEEDED.items():
+        wheels = sorted((REPO / "tools/wheels").glob(f"{prefix}-*-py3-none-any.whl"))
+        assert len(wheels) == 1, (prefix, wheels)
+        names = zipfile.ZipFile(wheels[0]).namelist()
+        assert any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py" for n in names), names[:5]
+        assert wheels[0].stat().st_size < 500_000
+
+
+def test_install_falls_back_to_the_wheel_on_pythonpath(tmp_path, monkeypatch):
+    """A missing module whose wheel pip refuses (here: no .dist-info) is imported from the zip itself."""
+    wheel = tmp_path / "wheels" / "mgdfakepkg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("mgdfakepkg/__init__.py", "VALUE = 7\n")
+    monkeypatch.setattr(gpu_check, "WHEELS", wheel.parent)
+    monkeypatch.setattr(gpu_check, "NEEDED", {"mgdfakepkg": "mgdfakepkg", "json": "json"})
+    check = gpu_check.Check(tmp_path / "out", 480.0, "cpu", True)
+    gpu_check.step_install(check)
+    step = check.steps[-1]
+    assert step["status"] == "passed", step
+    assert step["actions"] == {"mgdfakepkg": f"{wheel.name} on PYTHONPATH", "json": "already installed"}
+    assert str(wheel) in check.env["PYTHONPATH"].split(os.pathsep)
+
+
+def test_a_missing_wheel_fails_the_step_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    monkeypatch.setattr(gpu_check, "NEEDED", {"mgdfakepkg": "mgdfakepkg"})
+    check = gpu_check.Check(tmp_path / "out", 480.0, "cpu", True)
+    gpu_check.step_install(check)
+    assert check.steps[-1]["status"] == "failed"
+    assert "bash tools/fetch_gpu_wheels.sh" in check.steps[-1]["actions"]["mgdfakepkg"]

@@ -1,0 +1,158 @@
+"""tools/launch.sh and the experiment scripts: the torchrun commands they build on one machine, by
+hand over several, and inside a SLURM allocation (faked SLURM variables and a stub ``scontrol``),
+printed with DRY_RUN=1; DIST_BACKEND in the process-group setup."""
+
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(REPO.glob("exp.*/*/script.sh"))
+VOC = REPO / "exp.voc/voc8.resnet18_deeplabv3plus/script.sh"
+SYNTHETIC = REPO / "exp.synthetic/syn8.resnet18_cps/script.sh"
+_LAUNCH_VARS = ("NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DIST_BACKEND", "TORCHRUN")
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in _LAUNCH_VARS}
+    env.update(DRY_RUN="1", **extra)
+    return env
+
+
+def _run(script, env, *args):
+    proc = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+    return proc
+
+
+def _commands(script, env, *args):
+    proc = _run(script, env, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _opts(cmd):
+    """``{--flag: value}`` of a torchrun command line and the rest (script and its arguments)."""
+    assert cmd[0] == "torchrun"
+    opts, i = {}, 1
+    while cmd[i].startswith("--"):
+        opts[cmd[i]], i = cmd[i + 1], i + 2
+    return opts, cmd[i:]
+
+
+@pytest.fixture
+def stub_scontrol(tmp_path):
+    """A ``scontrol`` on PATH that expands the node list as SLURM would (and records its call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "scontrol"
+    tool.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> {tmp_path}/scontrol.calls\n'
+        '[ "$1 $2" = "show hostnames" ] || exit 1\n'
+        'case "$3" in "gpu[07-08]") printf "gpu07\\ngpu08\\n";; *) echo "$3";; esac\n'
+    )
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_every_experiment_script_uses_the_shared_launcher():
+    assert len(SCRIPTS) == 16
+    for script in SCRIPTS:
+        text = script.read_text()
+        assert "source ../../tools/launch.sh" in text and "launch train.py --resume auto" in text, script
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert not any("torchrun" in line for line in code), f"{script} builds its own torchrun command"
+
+
+def test_single_machine_default(tmp_path):
+    train, evaluate = _commands(VOC, _env(tmp_path), "labeled_ratio=16")
+    opts, rest = _opts(train)
+    assert opts == {"--nnodes": "1", "--node_rank": "0", "--nproc_per_node": "1", "--master_addr": "127.0.0.1",
+                    "--master_port": "29500"}
+    assert rest == ["train.py", "--resume", "auto", "labeled_ratio=16"]
+    opts, rest = _opts(evaluate)
+    assert opts["--nnodes"] == "1" and opts["--nproc_per_node"] == "1"
+    assert rest == ["eval.py", "-e", "all", "labeled_ratio=16"]
+
+
+def test_several_machines_by_hand(tmp_path):
+    env = _env(tmp_path, NGPUS="8", NNODES="2", NODE_RANK="1", MASTER_ADDR="host0", MASTER_PORT="29600")
+    cmds = _commands(VOC, env)
+    assert len(cmds) == 1  # only node 0 evaluates
+    opts, _ = _opts(cmds[0])
+    assert opts == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "8", "--master_addr": "host0",
+                    "--master_port": "29600"}
+
+
+def test_inside_a_slurm_allocation(tmp_path, stub_scontrol):
+    slurm = dict(SLURM_JOB_ID="123456", SLURM_NNODES="2", SLURM_NODEID="1", SLURM_JOB_NODELIST="gpu[07-08]",
+                 SLURM_GPUS_ON_NODE="4", PATH=f"{stub_scontrol}:{os.environ['PATH']}")
+    cmds = _commands(VOC, _env(tmp_path, **slurm))
+    assert len(cmds) == 1
+    opts, rest = _opts(cmds[0])
+    assert opts == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "4", "--master_addr": "gpu07",
+                    "--master_port": str(20000 + 123456 % 20000)}
+    assert rest[0] == "train.py"
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["show", "hostnames", "gpu[07-08]"]
+    # node 0 of the same job trains with the same rendezvous, then evaluates on its own
+    first = _commands(VOC, _env(tmp_path, **{**slurm, "SLURM_NODEID": "0"}))
+    assert len(first) == 2 and _opts(first[0])[0]["--master_addr"] == "gpu07"
+    assert _opts(first[0])[0]["--node_rank"] == "0" and _opts(first[1])[0]["--nnodes"] == "1"
+    assert _opts(first[1])[1][:3] == ["eval.py", "-e", "all"]
+
+
+def test_explicit_values_win_over_slurm(tmp_path, stub_scontrol):
+    env = _env(tmp_path, SLURM_JOB_ID="7", SLURM_NNODES="2", SLURM_NODEID="0", SLURM_JOB_NODELIST="gpu[07-08]",
+               MASTER_ADDR="10.0.0.5", MASTER_PORT="30000", NGPUS="2", PATH=f"{stub_scontrol}:{os.environ['PATH']}")
+    opts, _ = _opts(_commands(SYNTHETIC, env)[0])
+    assert (opts["--master_addr"], opts["--master_port"], opts["--nproc_per_node"]) == ("10.0.0.5", "30000", "2")
+    assert not (tmp_path / "scontrol.calls").exists()
+
+
+def test_single_node_slurm_job_needs_no_scontrol(tmp_path):
+    env = _env(tmp_path, SLURM_JOB_ID="9", SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="gpu01",
+               PATH="/usr/bin:/bin")
+    opts, _ = _opts(_commands(SYNTHETIC, env)[0])
+    assert (opts["--nnodes"], opts["--master_addr"], opts["--master_port"]) == ("1", "127.0.0.1", "20009")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(SLURM_JOB_ID="9", SLURM_NNODES="2", SLURM_NODEID="0", SLURM_JOB_NODELIST="a[1-2]", PATH="/usr/bin:/bin"),
+     "scontrol not found"),
+    (dict(NNODES="2", NODE_RANK="2"), "NODE_RANK=2 is not below NNODES=2"),
+    (dict(NGPUS="eight"), "must be integers"),
+    (dict(DIST_BACKEND="mpi"), "DIST_BACKEND=mpi is not nccl or gloo"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, bad, message):
+    proc = _run(SYNTHETIC, _env(tmp_path, **bad))
+    assert proc.returncode != 0 and message in proc.stderr and proc.stdout == ""
+
+
+def test_slurm_example_runs_the_script_once_per_node():
+    text = (REPO / "tools/slurm_example.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=1" in text
+    assert 'srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash "$EXPERIMENT/script.sh" "$@"' in text
+    proc = subprocess.run(["bash", "-n", str(REPO / "tools/slurm_example.sbatch")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dist_backend_override(monkeypatch):
+    import torch
+
+    from furnace.engine.dist import _backend
+    from furnace.utils import UserError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.delenv("DIST_BACKEND", raising=False)
+    assert (_backend(cpu), _backend(cuda)) == ("gloo", "nccl")
+    monkeypatch.setenv("DIST_BACKEND", "gloo")
+    assert _backend(cuda) == "gloo"
+    monkeypatch.setenv("DIST_BACKEND", "nccl")
+    with pytest.raises(UserError, match="needs CUDA"):
+        _backend(cpu)
+    monkeypatch.setenv("DIST_BACKEND", "")
+    assert _backend(cpu) == "gloo"
