@@ -175,6 +175,32 @@ def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray
     return lut[np.asarray(index_map, np.uint8)]
 
 
+def generic_class_names(num_classes: int) -> list[str]:
+    """``class_0``, ``class_1``, ...: the names of classes no layout names."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """``(class_names, palette)`` of ``layout`` for a network predicting ``num_classes`` classes: its names
+    when it has exactly that many, its palette when it has at least that many colours. What it lacks (all,
+    with no layout) is filled in here, the one place that decides it: generic names
+    (:func:`generic_class_names`) and the VOC colours (:func:`voc_colormap`)."""
+    names = generic_class_names(num_classes)
+    palette = voc_colormap(max(num_classes, 1))
+    if layout is not None and len(layout.class_names) == num_classes:
+        names = list(layout.class_names)
+    if layout is not None and len(layout.palette) >= num_classes:
+        palette = np.asarray(layout.palette, np.uint8)
+    return names, palette
+
+
+def layout_holding(dataset, cfg) -> DatasetLayout:
+    """The layout ``dataset`` holds (a :class:`~furnace.datasets.SegDataset`'s ``.layout``); for a dataset
+    without one (a stand-in in tests), :func:`layout_of` ``(cfg)``."""
+    layout = getattr(dataset, "layout", None)
+    return layout if layout is not None else layout_of(cfg)
+
+
 _VOC_LIKE = dict(
     list_format="ids",
     train_list="train_aug.txt",
