@@ -244,25 +244,32 @@ def resolve_config(C: EasyDict, world_size: int = 1) -> EasyDict:
         C.teacher_wide = C.teacher_wide or default_teacher_path(C, C.teacher_wide_arch)
     if C.method == "cps":
         C.export_teacher = C.export_teacher or default_teacher_path(C, C.arch)
+    C.micro_batch = batch_split(C, world_size)[0]
+    return C
+
+
+def batch_split(C, world_size: int = 1) -> tuple[int, int]:
+    """``(micro_batch, accumulation)`` of ``C`` over ``world_size`` processes: the per-process share of
+    ``global_batch`` runs as ``accumulation`` forward/backward passes of ``micro_batch`` samples
+    (``micro_batch`` 0: one pass of the whole share). UserError when the numbers do not divide."""
     if C.global_batch % world_size:
         raise UserError(
             f"config: global_batch={C.global_batch} cannot be split over {world_size} processes; "
             f"use a multiple of {world_size} or another process count"
         )
     per_process = C.global_batch // world_size
-    micro = C.micro_batch or per_process
+    micro = C.get("micro_batch", 0) or per_process
     if per_process % micro:
         raise UserError(
-            f"config: micro_batch={C.micro_batch} does not divide the per-process batch {per_process} "
+            f"config: micro_batch={micro} does not divide the per-process batch {per_process} "
             f"(global_batch={C.global_batch} over {world_size} processes); choose a divisor of {per_process}"
         )
-    C.micro_batch = micro
-    return C
+    return micro, per_process // micro
 
 
 def accumulation_steps(C, world_size: int) -> int:
-    """Forward/backward passes per optimizer step on each process for a resolved config."""
-    return C.global_batch // world_size // C.micro_batch
+    """Forward/backward passes per optimizer step on each process (:func:`batch_split`)."""
+    return batch_split(C, world_size)[1]
 
 
 _CHOICES = {
