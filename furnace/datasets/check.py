@@ -22,7 +22,8 @@ import numpy as np
 from ..utils import UserError
 from ._util import default_workers, progress_map
 from .dataset import read_image, read_label
-from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, require_split_lists
+from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
+from .lists import read_list, require_split_lists
 from .make_splits import DEFAULT_RATIOS
 
 FAST_SAMPLES_PER_LIST = 8

@@ -29,7 +29,8 @@ from ..config import batch_split
 from ..utils import UserError, raise_item_error, user_error_as_item
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
-from .layouts import dataset_dir, layout_of, read_list, require_split_lists, split_paths
+from .layouts import dataset_dir, layout_of
+from .lists import read_list, require_split_lists, split_paths
 from .slots import SlotRing, allocate
 from .transforms import augment
 
