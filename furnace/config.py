@@ -44,11 +44,25 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
     repo = next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
     C = EasyDict()
-    # -- experiment
+    _experiment_keys(C, exp_dir)
+    _data_keys(C, repo)
+    _model_keys(C)
+    _method_keys(C)
+    _optimisation_keys(C)
+    _logging_keys(C)
+    _evaluation_keys(C)
+    return C
+
+
+def _experiment_keys(C: EasyDict, exp_dir: Path) -> None:
+    """Experiment: name, seed, output folder."""
     C.exp_name = exp_dir.name
     C.seed = 12345
     C.output_dir = os.environ.get("OUTPUT_DIR", str(exp_dir / "output"))
-    # -- data
+
+
+def _data_keys(C: EasyDict, repo: Path) -> None:
+    """Data: dataset, where it lives, classes, split lists, crops and scales, loader workers."""
     C.dataset = "voc"  # voc | city | synthetic | folder (your own data: data_root is its folder)
     C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA"))
     C.weight_dir = ""  # ImageNet and teacher files; "" -> <data_root>/model-weight
@@ -62,13 +76,19 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.train_scales = [0.5, 0.75, 1.0, 1.5, 1.75, 2.0]
     C.num_workers = 4
     C.check_data = True  # fast layout/list check before training starts
-    # -- model
+
+
+def _model_keys(C: EasyDict) -> None:
+    """Model: the student architecture, output stride, widths, ImageNet initialisation."""
     C.arch = "resnet18"
     C.output_stride = 0  # 0 -> the architecture's default (16; MobileNet-v2 32)
     C.width_mult = 1.0  # < 1 only for small demo networks (synthetic data)
     C.head_channels = 256
     C.pretrained = "auto"  # "auto" -> DATA/model-weight/<arch>.pth; "" -> random init
-    # -- method
+
+
+def _method_keys(C: EasyDict) -> None:
+    """Method: the supervised loss, CPS and MGD weights, the teachers, CutMix."""
     C.method = "mgd"  # supervised | cps | mgd
     C.sup_loss = "ce"  # ce | ohem
     C.ohem_thresh = 0.7
@@ -92,7 +112,10 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.export_teacher = ""  # cps runs: "" -> DATA/model-weight/teachers/<dataset>_1-<N>_<arch>.pth
     C.cutmix_boxes = 3
     C.cutmix_area = [0.25, 0.5]
-    # -- optimisation (effective values for the *global* batch, whatever the process count)
+
+
+def _optimisation_keys(C: EasyDict) -> None:
+    """Optimisation (effective values for the *global* batch, whatever the process count)."""
     C.global_batch = 8
     C.micro_batch = 0  # largest per-process forward batch; 0 -> global_batch / processes
     C.lr = 0.0025
@@ -110,20 +133,25 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     C.sync_bn_backbone = True
     C.compile = False
     C.device = "auto"  # auto | cuda | cpu
-    # -- checkpoints and logging
+
+
+def _logging_keys(C: EasyDict) -> None:
+    """Checkpoints and logging."""
     C.save_every_iters = 0  # also refresh latest.pth every N iterations (0 = once per epoch)
     C.snapshot_last = 14  # keep epoch-<e>.pth for the last N epochs ...
     C.snapshot_every = 0  # ... and every N-th epoch (0 = none)
     C.log_every = 20
     C.tb_images_every = 500  # prediction images to TensorBoard every N iterations (0 = never)
     C.eval_every_epochs = 0  # evaluate during training every N epochs (0 = after training only)
-    # -- evaluation
+
+
+def _evaluation_keys(C: EasyDict) -> None:
+    """Evaluation: sliding-window crop, scales, flip, batch, precision."""
     C.eval_crop = 512
     C.eval_scales = [1.0]
     C.eval_flip = False
     C.eval_batch = 4  # sliding windows per forward pass
     C.eval_amp = "none"  # none (fp32) | bf16 | fp16: autocast of evaluation on CUDA (training's amp does not apply)
-    return C
 
 
 def voc_config(exp_file=None) -> EasyDict:
@@ -244,25 +272,32 @@ def resolve_config(C: EasyDict, world_size: int = 1) -> EasyDict:
         C.teacher_wide = C.teacher_wide or default_teacher_path(C, C.teacher_wide_arch)
     if C.method == "cps":
         C.export_teacher = C.export_teacher or default_teacher_path(C, C.arch)
+    C.micro_batch = batch_split(C, world_size)[0]
+    return C
+
+
+def batch_split(C, world_size: int = 1) -> tuple[int, int]:
+    """``(micro_batch, accumulation)`` of ``C`` over ``world_size`` processes: the per-process share of
+    ``global_batch`` runs as ``accumulation`` forward/backward passes of ``micro_batch`` samples
+    (``micro_batch`` 0: one pass of the whole share). UserError when the numbers do not divide."""
     if C.global_batch % world_size:
         raise UserError(
             f"config: global_batch={C.global_batch} cannot be split over {world_size} processes; "
             f"use a multiple of {world_size} or another process count"
         )
     per_process = C.global_batch // world_size
-    micro = C.micro_batch or per_process
+    micro = C.get("micro_batch", 0) or per_process
     if per_process % micro:
         raise UserError(
-            f"config: micro_batch={C.micro_batch} does not divide the per-process batch {per_process} "
+            f"config: micro_batch={micro} does not divide the per-process batch {per_process} "
             f"(global_batch={C.global_batch} over {world_size} processes); choose a divisor of {per_process}"
         )
-    C.micro_batch = micro
-    return C
+    return micro, per_process // micro
 
 
 def accumulation_steps(C, world_size: int) -> int:
-    """Forward/backward passes per optimizer step on each process for a resolved config."""
-    return C.global_batch // world_size // C.micro_batch
+    """Forward/backward passes per optimizer step on each process (:func:`batch_split`)."""
+    return batch_split(C, world_size)[1]
 
 
 _CHOICES = {

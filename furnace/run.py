@@ -21,6 +21,7 @@ import torch
 
 from .config import apply_overrides, resolve_config, validate_config
 from .datasets import TrainLoader, build_val_dataset, check_dataset
+from .datasets.layouts import layout_holding
 from .engine import checkpoint as ckpt
 from .engine import dist, trainer
 from .engine.cli import parser, ranges, select_snapshots, user_errors
@@ -102,7 +103,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
         if val_dataset is None:
             val_dataset = build_val_dataset(cfg)
-        evaluator = Evaluator(cfg, device)
+        evaluator = Evaluator(cfg, device, layout=layout_holding(val_dataset, cfg))
         say = print if dist.is_main() else (lambda *a, **k: None)
         say(f"evaluating {len(chosen)} snapshot(s) on {len(val_dataset)} val images with {world} process(es); "
             f"crop {cfg.eval_crop}, scales {list(cfg.eval_scales)}, flip {bool(cfg.eval_flip)}", flush=True)

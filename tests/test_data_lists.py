@@ -9,7 +9,7 @@ from easydict import EasyDict
 from PIL import Image
 
 from furnace.datasets import SegDataset, get_layout, read_list, split_paths
-from furnace.datasets.layouts import detect_list_format
+from furnace.datasets.lists import detect_list_format
 from furnace.datasets.make_splits import labeled_count, make_splits, write_splits
 from furnace.utils import UserError
 

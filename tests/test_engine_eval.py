@@ -13,7 +13,8 @@ from engine_toy import PALETTE, ToyNet, toy_config  # noqa: E402
 
 from furnace.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from furnace.engine import Evaluator, evaluate, format_results, sliding_windows  # noqa: E402
-from furnace.engine.evaluator import center_pad, normalize_image, window_stride  # noqa: E402
+from furnace.datasets.transforms import normalize  # noqa: E402
+from furnace.engine.evaluator import center_pad, window_stride  # noqa: E402
 
 
 def test_cityscapes_image_gives_eight_windows_ending_at_the_border():
@@ -87,7 +88,7 @@ def _evaluator(**overrides):
 def test_one_scale_without_flip_returns_the_raw_logits():
     net = PixelNet().eval()
     image = np.random.RandomState(0).randint(0, 256, (24, 36, 3)).astype(np.uint8)
-    x = torch.from_numpy(normalize_image(image)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(normalize(image)).permute(2, 0, 1)[None]
     with torch.no_grad():
         torch.testing.assert_close(_evaluator().predict(net, image), net(x)[0], atol=1e-5, rtol=1e-5)
 
@@ -106,14 +107,14 @@ def test_flip_per_window_and_raw_logits_summed_over_scales_as_the_original():
     with torch.no_grad():
         for s in (1.0, 0.5):
             resized = image if s == 1.0 else cv2.resize(image, (20, 12), interpolation=cv2.INTER_LINEAR)
-            x = torch.from_numpy(normalize_image(resized)).permute(2, 0, 1)[None]
+            x = torch.from_numpy(normalize(resized)).permute(2, 0, 1)[None]
             by_hand = 2 * net.conv(x) + 15 * net.a.view(1, -1, 1, 1)
             expected += nn.functional.interpolate(by_hand, size=(24, 40), mode="bilinear", align_corners=False)[0]
         got = _evaluator(eval_flip=True, eval_scales=[1.0, 0.5]).predict(net, image)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
         # the rules replaced: a mirrored sliding pass over the whole image, and softmax sums
         ev = _evaluator()
-        x = torch.from_numpy(normalize_image(image)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(normalize(image)).permute(2, 0, 1)[None]
         whole_image_flip = ev.sliding_logits(net, x) + ev.sliding_logits(net, x.flip(-1)).flip(-1)
         single = _evaluator(eval_flip=True).predict(net, image)
         assert (single - whole_image_flip[0]).abs().max() > 0.5
@@ -225,9 +226,9 @@ def test_prediction_pngs_hold_indices_and_palette_colours(tmp_path):
         np.testing.assert_array_equal(color, palette[pred])
 
 
-def test_fallback_normalisation_uses_imagenet_statistics():
+def test_evaluation_normalisation_uses_imagenet_statistics():
     img = np.full((2, 2, 3), 128, np.uint8)
-    out = normalize_image(img)
+    out = normalize(img)
     expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(out[0, 0], expected, rtol=1e-5)
 

@@ -5,7 +5,8 @@ the training loader. Tools run as ``python -m furnace.datasets.<tool>``: ``prepa
 from .cutmix import box_mask
 from .dataset import SegDataset, read_image, read_label
 from .device import to_device
-from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, split_paths
+from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
+from .lists import read_list, split_paths
 from .loader import TrainLoader, build_val_dataset
 from .transforms import normalize, train_transform
 

@@ -22,7 +22,8 @@ import numpy as np
 from ..utils import UserError
 from ._util import default_workers, progress_map
 from .dataset import read_image, read_label
-from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of, read_list, require_split_lists
+from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
+from .lists import read_list, require_split_lists
 from .make_splits import DEFAULT_RATIOS
 
 FAST_SAMPLES_PER_LIST = 8
@@ -98,6 +99,29 @@ def check_lists(
             f"{root}: dataset folder not found; set data_root (or --root) to the folder holding {layout.dir_name}/"
         )
         return report
+    entries = _read_lists(layout, specs, pairs, report)
+    samples, origin, to_read = _samples_of(layout, root, specs, entries, fast)
+    missing = _find_missing(samples, origin, report)
+    jobs = [
+        (image_path, label_path, samples[(image_path, label_path)], layout.num_classes, layout.ignore_index)
+        for image_path, label_path in to_read
+        if image_path not in missing and not (samples[(image_path, label_path)] and label_path in missing)
+    ]
+    results = progress_map(_check_sample, jobs, workers, desc="reading", progress=progress)
+    seen = np.zeros(256, bool)
+    for problems, present in results:
+        report.problems.extend(problems)
+        if present is not None:
+            seen |= present
+    report.samples_read = len(jobs)
+    report.classes_seen = seen
+    return report
+
+
+def _read_lists(layout: DatasetLayout, specs, pairs, report: CheckReport) -> dict:
+    """``{path: entries}`` of the lists of ``specs`` that read cleanly (an optional list that does not
+    exist is skipped); unreadable lists, duplicate entries and labeled/unlabeled overlaps of ``pairs``
+    go to ``report``."""
     entries = {}
     for spec in specs:
         if not spec.path.is_file() and not spec.required:
@@ -119,10 +143,15 @@ def check_lists(
                     f"{unlabeled.path}: {len(both)} entries are also in the labeled list {labeled.path} "
                     f"(e.g. {both[0]!r}); a partition's labeled and unlabeled lists must be disjoint"
                 )
+    return entries
 
-    # Unique samples over all lists; a sample needs its label if any list using it does.
+
+def _samples_of(layout: DatasetLayout, root: Path, specs, entries: dict, fast: bool):
+    """``(samples, origin, to_read)``: the unique ``(image, label)`` samples over all lists, each True when
+    any list using it needs its label; the first list naming each (for messages); the samples to read
+    (all, or ``fast``: ``FAST_SAMPLES_PER_LIST`` evenly spaced ones per list)."""
     samples: dict[tuple[Path, Path], bool] = {}
-    origin: dict[tuple[Path, Path], Path] = {}  # the first list naming the sample, for messages
+    origin: dict[tuple[Path, Path], Path] = {}
     to_read: dict[tuple[Path, Path], None] = {}
     for spec in specs:
         listed = entries.get(spec.path, [])
@@ -140,7 +169,12 @@ def check_lists(
                 to_read[(image_path, label_path)] = None
     if not fast:
         to_read = dict.fromkeys(samples)
+    return samples, origin, to_read
 
+
+def _find_missing(samples: dict, origin: dict, report: CheckReport) -> set:
+    """The files of ``samples`` that do not exist (a label only where it is needed), each reported with
+    the list naming it; counts the files checked."""
     missing = set()
     for (image_path, label_path), with_label in samples.items():
         for path, what in ((image_path, "image"), (label_path, "label") if with_label else (None, None)):
@@ -148,21 +182,7 @@ def check_lists(
                 missing.add(path)
                 report.problems.append(f"{path}: {what} file not found (listed in {origin[image_path, label_path]})")
         report.files_checked += 1 + int(with_label)
-
-    jobs = [
-        (image_path, label_path, samples[(image_path, label_path)], layout.num_classes, layout.ignore_index)
-        for image_path, label_path in to_read
-        if image_path not in missing and not (samples[(image_path, label_path)] and label_path in missing)
-    ]
-    results = progress_map(_check_sample, jobs, workers, desc="reading", progress=progress)
-    seen = np.zeros(256, bool)
-    for problems, present in results:
-        report.problems.extend(problems)
-        if present is not None:
-            seen |= present
-    report.samples_read = len(jobs)
-    report.classes_seen = seen
-    return report
+    return missing
 
 
 def standard_specs(layout: DatasetLayout, root, ratio: int | None = None) -> tuple[list[ListSpec], list]:

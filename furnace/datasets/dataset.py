@@ -16,7 +16,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..utils import IGNORE_INDEX, UserError
-from .layouts import DatasetLayout, read_list
+from .layouts import DatasetLayout
+from .lists import read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}

@@ -1,21 +1,14 @@
-"""Per-dataset layout descriptions: where files live, how split lists are written, classes, palettes.
+"""Per-dataset layout descriptions: where files live, which list format they use, classes, palettes.
 
-Two list formats exist (SPEC §2):
-
-* ``ids`` (VOC, synthetic): one bare id per line. An id resolves to
-  ``<split_dir>/image/<id>.jpg`` and ``<split_dir>/label/<id>.png`` where ``split_dir`` is
-  ``train_aug`` for every training list and ``val`` for the validation list.
-* ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png`` per line; both
-  paths start with ``/`` and are relative to the dataset directory (``DATA/city``).
-
-Reading a list is strict: a line in the other format, a malformed line or an empty file raises
-:class:`~furnace.utils.UserError` naming the list file and the line.
+A :class:`DatasetLayout` says where a dataset's images, labels and split lists live under
+``data_root / dir_name``, how a list entry resolves into files, and the dataset's class names and
+palette (:func:`classes_and_palette` fills in what a layout lacks). The list files themselves are read
+and checked by :mod:`furnace.datasets.lists`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +105,7 @@ SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
 class DatasetLayout:
     """How one dataset is stored under ``data_root / dir_name``.
 
-    ``list_format`` is ``"ids"`` or ``"pairs"`` (see the module docstring); ``split_dirs`` maps
+    ``list_format`` is ``"ids"`` or ``"pairs"`` (see :mod:`furnace.datasets.lists`); ``split_dirs`` maps
     ``"train"``/``"val"`` to the folder ids resolve into (``ids`` format only). List locations are
     relative to the dataset directory; ``subset_pattern`` takes ``kind`` (labeled | unlabeled) and
     ``ratio``.
@@ -149,7 +142,7 @@ class DatasetLayout:
     def resolve(self, entry: str, root: str | os.PathLike, split: str = "train") -> tuple[Path, Path, str]:
         """Files of one list entry: ``(image_path, label_path, name)``.
 
-        ``entry`` is a line as returned by :func:`read_list` (an id, or ``"img<TAB>label"``);
+        ``entry`` is a line as returned by :func:`~furnace.datasets.lists.read_list` (an id, or ``"img<TAB>label"``);
         ``split`` (train | val) picks the folder for id lists and is ignored for pair lists.
         """
         root = Path(root)
@@ -173,6 +166,32 @@ def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray
     n = min(len(palette), 255)
     lut[:n] = np.asarray(palette, np.uint8)[:n]
     return lut[np.asarray(index_map, np.uint8)]
+
+
+def generic_class_names(num_classes: int) -> list[str]:
+    """``class_0``, ``class_1``, ...: the names of classes no layout names."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """``(class_names, palette)`` of ``layout`` for a network predicting ``num_classes`` classes: its names
+    when it has exactly that many, its palette when it has at least that many colours. What it lacks (all,
+    with no layout) is filled in here, the one place that decides it: generic names
+    (:func:`generic_class_names`) and the VOC colours (:func:`voc_colormap`)."""
+    names = generic_class_names(num_classes)
+    palette = voc_colormap(max(num_classes, 1))
+    if layout is not None and len(layout.class_names) == num_classes:
+        names = list(layout.class_names)
+    if layout is not None and len(layout.palette) >= num_classes:
+        palette = np.asarray(layout.palette, np.uint8)
+    return names, palette
+
+
+def layout_holding(dataset, cfg) -> DatasetLayout:
+    """The layout ``dataset`` holds (a :class:`~furnace.datasets.SegDataset`'s ``.layout``); for a dataset
+    without one (a stand-in in tests), :func:`layout_of` ``(cfg)``."""
+    layout = getattr(dataset, "layout", None)
+    return layout if layout is not None else layout_of(cfg)
 
 
 _VOC_LIKE = dict(
@@ -314,146 +333,3 @@ def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNO
         subset_pattern="splits/train_{kind}_1-{ratio}.txt", split_dirs={"train": "", "val": ""},
         image_ext=".jpg", label_ext=".png", ignore_index=int(ignore_index),
     )
-
-
-def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)`` for ``cfg.dataset`` and ``cfg.labeled_ratio``.
-
-    Uses the dataset's standard list locations under ``cfg.data_root``; a non-empty
-    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` replaces the corresponding one (a relative
-    path is taken relative to the dataset directory, e.g. ``DATA/pascal_voc``). ``labeled_ratio`` 1
-    means fully labeled: both training lists are the whole training list.
-    """
-    layout = layout_of(cfg)
-    root = dataset_dir(cfg)
-    ratio = int(cfg.labeled_ratio)
-    if ratio == 1:
-        labeled = unlabeled = layout.train_list
-    else:
-        labeled, unlabeled = layout.subset_list("labeled", ratio), layout.subset_list("unlabeled", ratio)
-
-    def pick(override, default):
-        return root / (override or default)  # an absolute override replaces root
-
-    return (
-        pick(cfg.get("labeled_list", ""), labeled),
-        pick(cfg.get("unlabeled_list", ""), unlabeled),
-        pick(cfg.get("val_list", ""), layout.val_list),
-    )
-
-
-def partition_ratios(layout: DatasetLayout, root) -> list[int]:
-    """The N of every 1/N labeled partition list present under ``root`` (descending)."""
-    folder = Path(root) / layout.subset_dir
-    before, after = os.path.basename(layout.subset_pattern).replace("{kind}", "labeled").split("{ratio}")
-    pattern = re.compile(re.escape(before) + r"(\d+)" + re.escape(after))
-    found = [pattern.fullmatch(p.name) for p in folder.glob("*")] if folder.is_dir() else []
-    return sorted((int(m.group(1)) for m in found if m), reverse=True)
-
-
-def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
-    """:func:`split_paths` of ``cfg``, after checking that the list files exist (the val list only
-    ``with_val``).
-
-    Raises UserError naming the first missing list and what to do: a list set in the config names
-    its key; a missing standard partition of ``labeled_ratio`` gets the ``make_splits`` command that
-    writes it; when the training list is missing too, ``data_root`` is the likely culprit.
-    """
-    layout = layout_of(cfg)
-    root = dataset_dir(cfg)
-    paths = split_paths(cfg)
-    for key, path in zip(("labeled_list", "unlabeled_list", "val_list")[: 3 if with_val else 2], paths):
-        if path.is_file():
-            continue
-        if cfg.get(key, ""):
-            raise UserError(f"{path}: split list not found (config {key}={cfg[key]!r}; relative paths start at {root})")
-        train_list = root / layout.train_list
-        if not train_list.is_file() and layout.name == "folder":
-            raise UserError(f"{path}: split list not found, nor {train_list}; write the lists from images/ and "
-                            f"labels/ with `{make_splits_command(layout, root, int(cfg.labeled_ratio))}`")
-        if not train_list.is_file():
-            raise UserError(
-                f"{path}: split list not found, nor the training list {train_list}; set data_root to the folder "
-                f"holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md"
-            )
-        ratio = int(cfg.labeled_ratio)
-        if key == "val_list" or ratio == 1:
-            raise UserError(f"{path}: split list not found; restore it from the dataset's list files")
-        present = partition_ratios(layout, root)
-        have = "no partition lists exist"
-        if present:
-            have = f"the partitions present are {', '.join(f'1/{r}' for r in present)}"
-        raise UserError(
-            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
-            f"`{make_splits_command(layout, root, ratio)}`"
-            + (f" or set labeled_ratio to {' / '.join(map(str, present))}" if present else "")
-        )
-    return paths
-
-
-def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
-    """The make_splits command line that writes the 1/``ratio`` partition lists of ``layout`` at ``root``."""
-    if layout.name == "folder":
-        return f"python -m furnace.datasets.make_splits --folder {root} --ratios {ratio}"
-    return (f"python -m furnace.datasets.make_splits --list {Path(root) / layout.train_list} "
-            f"--out {Path(root) / layout.subset_dir} --ratios {ratio}")
-
-
-def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
-    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``), in file order.
-
-    Blank lines are skipped and line ends (``\\n``, ``\\r\\n``) stripped; everything else must match
-    the format exactly. Raises UserError naming the file (and line) when the file is missing or
-    empty or a line is malformed; pair entries are returned as ``"img<TAB>label"``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: split list cannot be read as UTF-8 text ({err})") from err
-    entries = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip("\r")
-        if not line.strip():
-            continue
-        problem = _line_problem(line, list_format)
-        if problem:
-            raise UserError(f"{path}:{lineno}: {problem}: {line[:120]!r}")
-        entries.append(line)
-    if not entries:
-        raise UserError(f"{path}: split list is empty; it must hold one entry per line")
-    return entries
-
-
-def _line_problem(line: str, list_format: str) -> str:
-    if list_format == "ids":
-        if "\t" in line or " " in line:
-            return (
-                "expected one bare id per line (VOC format), found several fields; is this a "
-                "Cityscapes-style list given for a VOC-style dataset?"
-            )
-        if "/" in line or "\\" in line or line.startswith("."):
-            return "expected a bare id (no folder, no extension), e.g. 2007_000032"
-        return ""
-    if list_format == "pairs":
-        fields = line.split("\t")
-        if len(fields) != 2:
-            hint = " (a bare id: is this a VOC-style list?)" if len(fields) == 1 and " " not in line else ""
-            return f"expected two TAB-separated paths 'image<TAB>label' (Cityscapes format){hint}"
-        if not all(f.startswith("/") and len(f) > 1 and f == f.strip() for f in fields):
-            return "both paths must start with '/' (relative to the dataset folder) and have no spaces around them"
-        return ""
-    raise ValueError(f"unknown list format {list_format!r}")
-
-
-def detect_list_format(path: str | os.PathLike) -> str:
-    """``"pairs"`` when the first non-blank line of the list holds a TAB, else ``"ids"``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: split list not found")
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            return "pairs" if "\t" in line else "ids"
-    raise UserError(f"{path}: split list is empty; it must hold one entry per line")

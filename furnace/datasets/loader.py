@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import batch_split
 from ..utils import UserError, raise_item_error, user_error_as_item
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
-from .layouts import dataset_dir, layout_of, read_list, require_split_lists, split_paths
+from .layouts import dataset_dir, layout_of
+from .lists import read_list, require_split_lists, split_paths
 from .slots import SlotRing, allocate
 from .transforms import augment
 
@@ -179,17 +181,7 @@ class TrainLoader:
         self.need_unlabeled = need_unlabeled
         self.layout = layout_of(cfg)
         self.global_batch = int(cfg.global_batch)
-        if self.global_batch % self.world_size:
-            raise UserError(
-                f"config: global_batch={self.global_batch} cannot be split over {self.world_size} processes"
-            )
-        per_process = self.global_batch // self.world_size
-        self.micro_batch = int(cfg.get("micro_batch", 0) or per_process)
-        if per_process % self.micro_batch:
-            raise UserError(
-                f"config: micro_batch={self.micro_batch} does not divide the per-process batch {per_process}"
-            )
-        self.accum = per_process // self.micro_batch
+        self.micro_batch, self.accum = batch_split(cfg, self.world_size)  # as resolve_config / the trainer
 
         root = dataset_dir(cfg)
         labeled_list, unlabeled_list, _ = require_split_lists(cfg, with_val=False)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import UserError, run_cli
-from .layouts import FOLDER_IMAGE_EXTS, detect_list_format, read_list
+from .layouts import FOLDER_IMAGE_EXTS
+from .lists import detect_list_format, read_list
 
 DEFAULT_RATIOS = (16, 8, 4, 2)
 

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..datasets.layouts import colorize, layout_of
+from ..datasets.layouts import (LAYOUTS, DatasetLayout, classes_and_palette, colorize, generic_class_names,
+                                layout_holding, layout_of)
+from ..datasets.transforms import normalize
 from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
 from .rng import preserved_cpu_rng
@@ -70,57 +71,15 @@ def sliding_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, i
     return [(y, y + crop, x, x + crop) for y in _axis_starts(ph, crop, stride) for x in _axis_starts(pw, crop, stride)]
 
 
-# ----------------------------------------------------------------------------- dataset look
+# ----------------------------------------------------------------------------- class names and palette
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 RGB -> HxWx3 float32 ImageNet-normalised, the same function training uses."""
-    try:
-        from furnace.datasets.transforms import normalize
-    except ImportError as err:
-        if not (err.name or "").startswith("furnace"):
-            raise
-        mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
-        std = np.asarray(IMAGENET_STD, np.float32) * 255
-        return (image.astype(np.float32) - mean) / std
-    return np.asarray(normalize(image), dtype=np.float32)
-
-
-def default_palette(n: int = 256) -> np.ndarray:
-    """(n,3) uint8 colours with the VOC bit-interleaved scheme (stand-in when no layout is known)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
-def dataset_meta(cfg) -> tuple[list[str], np.ndarray]:
-    """``(class_names, palette)`` for ``cfg.dataset`` from ``furnace.datasets.get_layout``.
-
-    Generic names (``class_<i>``) and the bit-interleaved palette stand in when the layout's class
-    list does not have ``cfg.num_classes`` entries.
-    """
-    names = [f"class_{i}" for i in range(cfg.num_classes)]
-    palette = default_palette(max(cfg.num_classes, 1))
-    layout = layout_of(cfg)
-    if len(layout.class_names) == cfg.num_classes:
-        names = list(layout.class_names)
-    if len(layout.palette) >= cfg.num_classes:
-        palette = np.asarray(layout.palette, np.uint8)
-    return names, palette
-
-
-def segmentor_meta(cfg) -> dict:
+def segmentor_meta(cfg, layout: DatasetLayout | None = None) -> dict:
     """What a segmentor file records so that it can be used on its own (``python -m furnace.tools.predict``):
     ``dataset``, ``class_names``, ``palette`` (list of [r, g, b]), ``ignore_index`` and the evaluation
-    settings ``eval`` = {crop, scales, flip}."""
-    names, palette = dataset_meta(cfg)
+    settings ``eval`` = {crop, scales, flip}. Names and palette come from ``layout`` (default
+    :func:`~furnace.datasets.layouts.layout_of` ``(cfg)``) by :func:`~furnace.datasets.layouts.classes_and_palette`."""
+    names, palette = classes_and_palette(layout if layout is not None else layout_of(cfg), cfg.num_classes)
     return {"dataset": cfg.dataset, "class_names": list(names),
             "palette": np.asarray(palette, np.uint8)[: len(names)].tolist(),
             "ignore_index": int(cfg.get("ignore_index", 255)),
@@ -132,18 +91,13 @@ def meta_of_segmentor(meta: dict) -> tuple[list[str], np.ndarray]:
     """``(class_names, palette)`` a segmentor file's entries (:func:`read_segmentor_meta`) give; files
     without them (older ones, converted ones without --dataset) fall back to the layout with that many
     classes (VOC 21, Cityscapes 19, synthetic 7) or generic names and the VOC colours."""
-    from ..datasets.layouts import LAYOUTS
-
     n = int(meta["num_classes"])
     names, palette = meta.get("class_names"), meta.get("palette")
     if names is not None and len(names) == n and palette is not None and len(palette) >= n:
         return list(names), np.asarray(palette, np.uint8)
     known = [meta.get("dataset")] + [k for k in ("voc", "city", "synthetic") if k != meta.get("dataset")]
-    for key in known:
-        layout = LAYOUTS.get(key)
-        if layout is not None and layout.num_classes == n:
-            return list(layout.class_names), np.asarray(layout.palette, np.uint8)
-    return [f"class_{i}" for i in range(n)], default_palette(max(n, 1))
+    matching = [LAYOUTS[key] for key in known if key in LAYOUTS and LAYOUTS[key].num_classes == n]
+    return classes_and_palette(matching[0] if matching else None, n)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -177,7 +131,7 @@ def metrics_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | N
     return {
         "miou": float(iou[present].mean()) if present.any() else float("nan"),
         "iou": [float(v) for v in iou],
-        "class_names": list(class_names) if class_names is not None else [f"class_{i}" for i in range(len(tp))],
+        "class_names": list(class_names) if class_names is not None else generic_class_names(len(tp)),
         "pixel_acc": float(tp.sum() / total) if total else float("nan"),
         "confusion": conf,
     }
@@ -235,9 +189,15 @@ def eval_mode(net: torch.nn.Module):
 
 class Evaluator:
     """Evaluation settings of a config (``eval_crop``, ``eval_scales``, ``eval_flip``, ``eval_batch``,
-    ``num_classes``, ``eval_amp``, ``channels_last``) bound to a device."""
+    ``num_classes``, ``eval_amp``, ``channels_last``) bound to a device.
 
-    def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None):
+    Class names and palette (for the results and the saved predictions): ``class_names`` / ``palette``
+    when given, else those of ``layout`` (default :func:`~furnace.datasets.layouts.layout_of` ``(cfg)``)
+    by :func:`~furnace.datasets.layouts.classes_and_palette`.
+    """
+
+    def __init__(self, cfg, device: torch.device | str | None = None, class_names=None, palette=None, *,
+                 layout: DatasetLayout | None = None):
         self.num_classes = int(cfg.num_classes)
         self.crop = int(cfg.eval_crop)
         self.stride = window_stride(self.crop) if self.crop > 0 else 0
@@ -249,7 +209,7 @@ class Evaluator:
         self.dtype = dist.amp_dtype(cfg.get("eval_amp", "none"), self.device)
         self.channels_last = bool(cfg.get("channels_last", False)) and self.device.type == "cuda"
         if class_names is None or palette is None:
-            names, pal = dataset_meta(cfg)
+            names, pal = classes_and_palette(layout if layout is not None else layout_of(cfg), self.num_classes)
             class_names = names if class_names is None else class_names
             palette = pal if palette is None else palette
         self.class_names = list(class_names)
@@ -314,7 +274,7 @@ class Evaluator:
             if s != 1.0:
                 size = (max(1, round(w * s)), max(1, round(h * s)))
                 img = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            x = torch.from_numpy(np.ascontiguousarray(normalize_image(img))).permute(2, 0, 1)[None].to(self.device)
+            x = torch.from_numpy(normalize(img)).permute(2, 0, 1)[None].to(self.device)
             logits = self.sliding_logits(network, x)
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
@@ -377,4 +337,5 @@ def evaluate(network, dataset, cfg, *, save_pred_dir=None, device=None, progress
     if device is None:
         params = list(network.parameters())
         device = params[0].device if params else dist.resolve_device(cfg.get("device", "auto"))
-    return Evaluator(cfg, device).run(network, dataset, save_pred_dir=save_pred_dir, progress=progress)
+    evaluator = Evaluator(cfg, device, layout=layout_holding(dataset, cfg))
+    return evaluator.run(network, dataset, save_pred_dir=save_pred_dir, progress=progress)

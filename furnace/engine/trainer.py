@@ -26,10 +26,11 @@ from torch import nn
 
 from ..config import accumulation_steps, config_to_dict, resolve_config, validate_config
 from ..datasets.device import to_device
+from ..datasets.layouts import layout_holding
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
-from .evaluator import Evaluator, dataset_meta, eval_mode, segmentor_meta
+from .evaluator import Evaluator, eval_mode, segmentor_meta
 from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
@@ -184,8 +185,9 @@ class _Loop:
         self.accum = accumulation_steps(cfg, self.world)
         self.total = total = cfg.epochs * ipe
         self.stop_at = stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
-        _, self.palette = dataset_meta(cfg)
-        self.evaluator = Evaluator(cfg, self.device)
+        self.layout = layout_holding(self.val_dataset, cfg)  # class names and palette
+        self.evaluator = Evaluator(cfg, self.device, layout=self.layout)
+        self.palette = self.evaluator.palette
         log.total_iters, log.start_iter = stop_at, state.global_iter
         dtype = self.dtype
         log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, "
@@ -277,7 +279,7 @@ class _Loop:
         net = self.method.eval_network()
         dist.run_on_main(lambda: ckpt.save_snapshot(
             net, ckpt.snapshot_path(self.cfg, label),
-            extra={"epoch": label, "iteration": state.global_iter, **segmentor_meta(self.cfg)}))
+            extra={"epoch": label, "iteration": state.global_iter, **segmentor_meta(self.cfg, self.layout)}))
         state.snapshots.add(label)
 
     def evaluate(self, state: LoopState) -> None:

@@ -186,6 +186,49 @@ def _timm_mobilenetv2_to_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str
     return out
 
 
+def _match_tensors(backbone: nn.Module, state: dict, report: LoadReport) -> dict:
+    """The tensors of ``state`` that ``backbone`` takes (same name, same shape), with the BN step counters
+    of the loaded BNs; ``report`` gets the loaded, missing, mismatched and unexpected names and whether
+    a deep stem stays random."""
+    ours = backbone.state_dict()
+    to_load = {}
+    for name, tensor in ours.items():
+        if _is_counter(name):
+            continue
+        if name not in state:
+            report.missing.append(name)
+        elif state[name].shape != tensor.shape:
+            report.mismatched.append((name, _shape(state[name]), _shape(tensor)))
+        else:
+            to_load[name] = state[name]
+            report.loaded.append(name)
+    # BN step counters travel with their BN's statistics and are not reported on their own
+    for name in ours:
+        sibling = name[: -len("num_batches_tracked")] + "running_mean"
+        if _is_counter(name) and sibling in to_load and name in state and state[name].dim() == 0:
+            to_load[name] = state[name]
+    report.unexpected = [k for k in state if k not in ours]
+    stem_names = [n for n in ours if n.startswith("conv1.")]
+    report.deep_stem_random = bool(getattr(backbone, "deep_stem", False)) and not any(
+        n in to_load for n in stem_names
+    )
+    return to_load
+
+
+def _raise_incomplete(report: LoadReport, path, arch: str) -> None:
+    """The UserError of strict loading: the missing and shape-mismatched tensors of ``report``."""
+    problems = []
+    if report.missing:
+        problems.append(f"missing {_listing(report.missing)}")
+    if report.mismatched:
+        shapes = (f"{n} file {f} vs ours {o}" for n, f, o in report.mismatched)
+        problems.append("shape-mismatched " + _listing(shapes))
+    raise UserError(
+        f"{path}: strict ImageNet loading into {arch or 'the backbone'} failed: {'; '.join(problems)}. "
+        "Use a file with the same layout, or strict=False to keep those tensors random"
+    )
+
+
 def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = False,
                           verbose: bool = False) -> LoadReport:
     """Copy ImageNet weights from the local file ``path`` into the backbone, by name and shape.
@@ -209,29 +252,8 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
     if "conv_stem.weight" in state and any(k.startswith("blocks.") for k in state):
         state = _timm_mobilenetv2_to_torchvision(state)
 
-    ours = backbone.state_dict()
     report = LoadReport(path=str(path), arch=arch)
-    to_load = {}
-    for name, tensor in ours.items():
-        if _is_counter(name):
-            continue
-        if name not in state:
-            report.missing.append(name)
-        elif state[name].shape != tensor.shape:
-            report.mismatched.append((name, _shape(state[name]), _shape(tensor)))
-        else:
-            to_load[name] = state[name]
-            report.loaded.append(name)
-    # BN step counters travel with their BN's statistics and are not reported on their own
-    for name in ours:
-        sibling = name[: -len("num_batches_tracked")] + "running_mean"
-        if _is_counter(name) and sibling in to_load and name in state and state[name].dim() == 0:
-            to_load[name] = state[name]
-    report.unexpected = [k for k in state if k not in ours]
-    stem_names = [n for n in ours if n.startswith("conv1.")]
-    report.deep_stem_random = bool(getattr(backbone, "deep_stem", False)) and not any(
-        n in to_load for n in stem_names
-    )
+    to_load = _match_tensors(backbone, state, report)
     if not to_load:
         raise UserError(
             f"{path}: none of its {len(state)} tensors matches the {arch or 'backbone'} backbone by name and "
@@ -239,16 +261,7 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
             f"architecture? Use a torchvision or timm state dict, or pretrained='' for random init"
         )
     if strict and not report.complete:
-        problems = []
-        if report.missing:
-            problems.append(f"missing {_listing(report.missing)}")
-        if report.mismatched:
-            shapes = (f"{n} file {f} vs ours {o}" for n, f, o in report.mismatched)
-            problems.append("shape-mismatched " + _listing(shapes))
-        raise UserError(
-            f"{path}: strict ImageNet loading into {arch or 'the backbone'} failed: {'; '.join(problems)}. "
-            "Use a file with the same layout, or strict=False to keep those tensors random"
-        )
+        _raise_incomplete(report, path, arch)
     backbone.load_state_dict(to_load, strict=False)
     if verbose:
         print(report)
