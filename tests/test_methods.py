@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from furnace.config import resolve_config, synthetic_config
+from furnace.datasets import to_device
+from furnace.datasets.batch import LABELED_KEYS, synthetic_batch
 from furnace.methods import build_method
 from furnace.models import build_model, load_segmentor, save_segmentor
 from furnace.utils import UserError
@@ -36,16 +38,7 @@ def make_teachers(tmp_path, num_classes=4):
 
 
 def batch(b=2, size=32, num_classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(b, 1, size, size)
-    mask[:, :, : size // 2, : size // 2] = 1
-    return {
-        "image_l": torch.randn(b, 3, size, size, generator=g),
-        "label_l": torch.randint(0, num_classes, (b, size, size), generator=g),
-        "image_u0": torch.randn(b, 3, size, size, generator=g),
-        "image_u1": torch.randn(b, 3, size, size, generator=g),
-        "mask_mix": mask,
-    }
+    return to_device(synthetic_batch(b, size, num_classes, seed=seed), "cpu")
 
 
 @pytest.fixture
@@ -176,7 +169,7 @@ def test_cps_trains_both_networks_and_exports_branch1(tmp_path):
 def test_supervised_uses_labeled_data_only(tmp_path):
     sup = build_method(resolve_config(small_cfg(tmp_path, method="supervised")))
     assert sup.needs_unlabeled is False
-    b = {k: v for k, v in batch().items() if k.endswith("_l")}
+    b = {k: v for k, v in batch().items() if k in LABELED_KEYS}
     losses = sup(b)
     assert set(losses) == {"loss", "sup"}
 

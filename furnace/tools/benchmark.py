@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from ..config import ARCHS
+from ..datasets.batch import synthetic_batch
 from ..datasets.device import to_device
 from ..engine.dist import amp_dtype
 
@@ -209,20 +210,6 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
 # ----------------------------------------------------------------------------- MGD step
 
 
-def _synthetic_batch(batch: int, crop: int, num_classes: int) -> dict:
-    """A fixed training micro-batch as the loader hands it over (uint8 images, labels and CutMix mask:
-    a central box, 1/4 of the area; no padding), for :func:`furnace.datasets.to_device`."""
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, 1, crop, crop, dtype=torch.uint8)
-    mask[:, :, crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
-    out = {"label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g, dtype=torch.uint8),
-           "mask_mix": mask}
-    for name in ("l", "u0", "u1"):
-        out["image_" + name] = torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8)
-        out["valid_" + name] = torch.tensor([[0, 0, crop, crop]] * batch, dtype=torch.int32)
-    return out
-
-
 def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -290,7 +277,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     if student_channels_last is None:
         student_channels_last = device.type == "cuda"
     amp = amp_dtype("auto", device)
-    data = _synthetic_batch(batch, crop, num_classes)
+    data = synthetic_batch(batch, crop, num_classes)
     opts = dict(width_mult=width_mult, head_channels=head_channels)
     with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:
         tmp = Path(tmpdir)
@@ -416,7 +403,7 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
 
     amp = amp_dtype("auto", device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    data = to_device(_synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
+    data = to_device(synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
         C = voc_config()
         C.update(data_root=tmp, output_dir=tmp, pretrained="", arch=arch, method="cps", num_classes=num_classes,
