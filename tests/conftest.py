@@ -1,5 +1,6 @@
 """Test-wide settings and shared fixtures."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import torch
 # leaves the second core to the subprocess runs (torchrun, pipeline) that some tests start.
 torch.set_num_threads(1)
 
+
+# engine_toy.py (the engine tests' toy task, also run as a script by torchrun) is imported by name
+sys.path.insert(0, str(Path(__file__).parent))
 
 # ../shared beside the repository: the original project's reference outputs and real dataset samples.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -30,6 +34,17 @@ def fill_weights(reference_dir):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def toy_snapshot_io(monkeypatch):
+    """The engine writes and reads its snapshots in engine_toy's format (the toy network) during the test."""
+    from engine_toy import toy_load_snapshot, toy_save_snapshot
+
+    from furnace.engine import checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_snapshot", toy_save_snapshot)
+    monkeypatch.setattr(checkpoint, "load_snapshot", toy_load_snapshot)
 
 
 def pytest_collection_modifyitems(config, items):
