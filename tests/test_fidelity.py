@@ -252,18 +252,13 @@ def _bn_running_stats(network):
 
 
 @pytest.mark.parametrize("updates", ["trained", "original"])
-def test_student_bn_running_statistics_follow_the_chosen_passes_and_the_losses_do_not(updates, tmp_path):
+def test_student_bn_running_statistics_follow_the_chosen_passes_and_the_losses_do_not(updates, tmp_path,
+                                                                                     write_teachers):
     """student_bn_updates="original": the original's order of student passes, u0, u1 (no grad), x_m, x_l;
     "trained": x_l, x_m. Checked against those passes replayed on a copy of the student."""
     import copy
 
-    from furnace.models import build_model
-
-    teachers = {}
-    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
-        torch.manual_seed(1)
-        teachers[key] = str(tmp_path / f"{arch}.pth")
-        save_segmentor(build_model(arch, 4, width_mult=0.125, head_channels=16, verbose=False), teachers[key])
+    teachers = write_teachers(tmp_path, 4, seed=1)
     C = voc_config()
     C.update(pretrained="", num_classes=4, width_mult=0.25, head_channels=32, student_bn_updates=updates, **teachers)
     method = build_method(resolve_config(C))

@@ -15,7 +15,7 @@ from furnace.datasets.make_synthetic import generate
 from furnace.run import train_main
 from furnace.engine.evaluator import evaluate
 from furnace.methods import build_method
-from furnace.models import build_model, save_segmentor
+from furnace.models import build_model
 from furnace.tools.bench_mgd import mgd_step_bench
 from furnace.tools.timing import no_tf32
 
@@ -34,14 +34,8 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gpu_teachers")
-    paths = {}
-    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
-        torch.manual_seed(len(arch))
-        paths[key] = str(base / f"{arch}.pth")
-        save_segmentor(build_model(arch, 7, width_mult=0.125, head_channels=16, verbose=False), paths[key])
-    return paths
+def teachers(tmp_path_factory, write_teachers):
+    return write_teachers(tmp_path_factory.mktemp("gpu_teachers"), 7)
 
 
 def tiny_cfg(data_root, out, teachers=None, **overrides):
