@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from furnace.datasets.batch import IMAGE_L, LABEL_L
+
 NUM_CLASSES = 3
 COLORS = np.array([[210, 40, 40], [40, 210, 40], [40, 40, 210]], np.uint8)
 PALETTE = np.array([[128, 0, 0], [0, 128, 0], [0, 0, 128]], np.uint8)
@@ -88,8 +90,8 @@ class ToyLoader:
                 sel = [self.dataset[i] for i in mine[m:m + self.micro]]
                 if self.delay:
                     time.sleep(self.delay)
-                yield {"image_l": normalise(np.stack([s["image"] for s in sel])),
-                       "label_l": torch.from_numpy(np.stack([s["label"] for s in sel]).astype(np.int64))}
+                yield {IMAGE_L: normalise(np.stack([s["image"] for s in sel])),
+                       LABEL_L: torch.from_numpy(np.stack([s["label"] for s in sel]).astype(np.int64))}
 
 
 class ToyNet(nn.Module):
@@ -129,8 +131,8 @@ class ToyMethod(nn.Module):
         self.calls += 1
         if self.ready_file and self.calls == 3:
             Path(self.ready_file).touch()
-        logits = self.net(batch["image_l"])
-        sup = F.cross_entropy(logits, batch["label_l"], ignore_index=255)
+        logits = self.net(batch[IMAGE_L])
+        sup = F.cross_entropy(logits, batch[LABEL_L], ignore_index=255)
         aux = 1e-3 * logits.float().pow(2).mean()
         if self.nan_at_call and self.calls >= self.nan_at_call:
             aux = aux * float("nan")

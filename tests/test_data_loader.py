@@ -12,6 +12,8 @@ from furnace.config import resolve_config, synthetic_config
 from furnace.datasets.dataset import read_image
 from furnace.datasets import SegDataset, TrainLoader, build_val_dataset, check_dataset
 from furnace.datasets import to_device
+from furnace.datasets.batch import (BOX_OF, BOXES, IMAGE_L, IMAGE_U0, IMAGE_U1, IMAGES, LABEL_L, LABELED_KEYS,
+                                    MASK_MIX, synthetic_batch)
 from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, _EpochBatches, sample_rng, stream_order
 from furnace.datasets.transforms import train_transform
 from furnace.datasets.make_synthetic import generate
@@ -80,6 +82,26 @@ def test_batch_contents(data_root):
     assert moved["image_l"].dtype == torch.float32 and moved["label_l"].dtype == torch.int64
     assert moved["mask_mix"].dtype == torch.float32 and moved["image_l"].is_contiguous()
     assert moved["image_l"].abs().max() < 3.0  # normalised, not 0..255
+
+
+def _layout(batch):
+    """What a batch's format is made of: per key the shape, dtype and strides (channels-last views)."""
+    return {k: (tuple(v.shape), v.dtype, v.stride()) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("need_unlabeled", [True, False])
+def test_synthetic_batch_has_the_loaders_exact_format(data_root, need_unlabeled):
+    """The benchmark's and the tests' stand-in batch: the keys, shapes, dtypes and strides of a real one."""
+    real = next(iter(TrainLoader(make_cfg(data_root, micro_batch=2), need_unlabeled=need_unlabeled).epoch(0)))
+    fake = synthetic_batch(2, CROP, 7, unlabeled=need_unlabeled)
+    assert _layout(fake) == _layout(real)
+    assert set(real) == set(LABELED_KEYS) | ({IMAGE_U0, IMAGE_U1, MASK_MIX, *BOXES} if need_unlabeled else set())
+    assert set(fake[LABEL_L].unique().tolist()) <= set(range(7))
+    assert all(torch.equal(fake[BOX_OF[k]], torch.tensor([[0, 0, CROP, CROP]] * 2, dtype=torch.int32))
+               for k in IMAGES if k in fake)
+    if need_unlabeled:
+        assert fake[MASK_MIX].float().mean() == 0.25  # the central box, a quarter of the area
+    assert torch.equal(synthetic_batch(2, CROP, 7)[IMAGE_L], synthetic_batch(2, CROP, 7)[IMAGE_L])  # fixed
 
 
 def test_device_normalisation_is_bit_identical_to_the_cpu_transform(data_root):

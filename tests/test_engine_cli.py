@@ -1,22 +1,14 @@
 """train.py / eval.py command lines: overrides, resume, snapshot selection, results, user errors."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import build_toy, toy_config, toy_load_snapshot, toy_save_snapshot  # noqa: E402
+from engine_toy import build_toy, toy_config
 
-from furnace.engine import checkpoint as ckpt  # noqa: E402
-from furnace.run import eval_main, train_main  # noqa: E402
-from furnace.engine.cli import select_snapshots  # noqa: E402
+from furnace.run import eval_main, train_main
+from furnace.engine.cli import select_snapshots
 
-
-@pytest.fixture(autouse=True)
-def toy_snapshot_io(monkeypatch):
-    monkeypatch.setattr(ckpt, "save_snapshot", toy_save_snapshot)
-    monkeypatch.setattr(ckpt, "load_snapshot", toy_load_snapshot)
+pytestmark = pytest.mark.usefixtures("toy_snapshot_io")  # conftest.py
 
 
 def toy_kwargs(cfg):

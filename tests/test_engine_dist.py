@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import build_toy, toy_config, toy_load_snapshot, toy_save_snapshot  # noqa: E402
+from engine_toy import build_toy, toy_config, toy_load_snapshot
 
-from furnace.engine import checkpoint as ckpt  # noqa: E402
-from furnace.engine import evaluate, train  # noqa: E402
+from furnace.engine import checkpoint as ckpt
+from furnace.engine import evaluate, train
 
 TOY = str(Path(__file__).with_name("engine_toy.py"))
 
@@ -25,12 +24,6 @@ def _env():
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env
-
-
-@pytest.fixture
-def toy_snapshot_io(monkeypatch):
-    monkeypatch.setattr(ckpt, "save_snapshot", toy_save_snapshot)
-    monkeypatch.setattr(ckpt, "load_snapshot", toy_load_snapshot)
 
 
 def _torchrun_toy(out, result, *args):

@@ -1,20 +1,17 @@
 """Evaluator: sliding-window geometry, stitching, multi-scale/flip, metrics, prediction PNGs."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import PALETTE, ToyNet, toy_config  # noqa: E402
+from engine_toy import PALETTE, ToyNet, toy_config
 
-from furnace.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from furnace.engine import Evaluator, evaluate, format_results, sliding_windows  # noqa: E402
-from furnace.datasets.transforms import normalize  # noqa: E402
-from furnace.engine.evaluator import center_pad, window_stride  # noqa: E402
+from furnace.config import IMAGENET_MEAN, IMAGENET_STD
+from furnace.datasets.transforms import normalize
+from furnace.engine import Evaluator, evaluate, format_results, sliding_windows
+from furnace.engine.evaluator import center_pad, window_stride
 
 
 def test_cityscapes_image_gives_eight_windows_ending_at_the_border():

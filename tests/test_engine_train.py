@@ -1,24 +1,18 @@
 """Training loop: learning, resume bit-identity, gradient accumulation, failure handling, LR, snapshots."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import build_toy, toy_config, toy_load_snapshot, toy_save_snapshot  # noqa: E402
+from engine_toy import build_toy, toy_config, toy_load_snapshot
 
-from furnace.engine import checkpoint as ckpt  # noqa: E402
-from furnace.engine import rng  # noqa: E402
-from furnace.engine import train  # noqa: E402
-from furnace.engine.optim import build_optimizer, param_groups, poly_lr  # noqa: E402
-from furnace.utils import UserError, safe_load  # noqa: E402
+from furnace.engine import checkpoint as ckpt
+from furnace.engine import rng
+from furnace.engine import train
+from furnace.engine.optim import build_optimizer, param_groups, poly_lr
+from furnace.utils import UserError, safe_load
 
 
-@pytest.fixture(autouse=True)
-def toy_snapshot_io(monkeypatch):
-    monkeypatch.setattr(ckpt, "save_snapshot", toy_save_snapshot)
-    monkeypatch.setattr(ckpt, "load_snapshot", toy_load_snapshot)
+pytestmark = pytest.mark.usefixtures("toy_snapshot_io")  # conftest.py
 
 
 def run(cfg, resume="", **toy):

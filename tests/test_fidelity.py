@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from furnace.config import resolve_config, voc_config
+from furnace.datasets import to_device
+from furnace.datasets.batch import synthetic_batch
 from furnace.methods import build_method
 from furnace.models import load_segmentor, save_segmentor
 from furnace.tools import convert_official, migrate_checkpoint
@@ -250,25 +252,17 @@ def _bn_running_stats(network):
 
 
 @pytest.mark.parametrize("updates", ["trained", "original"])
-def test_student_bn_running_statistics_follow_the_chosen_passes_and_the_losses_do_not(updates, tmp_path):
+def test_student_bn_running_statistics_follow_the_chosen_passes_and_the_losses_do_not(updates, tmp_path,
+                                                                                     write_teachers):
     """student_bn_updates="original": the original's order of student passes, u0, u1 (no grad), x_m, x_l;
     "trained": x_l, x_m. Checked against those passes replayed on a copy of the student."""
     import copy
 
-    from furnace.models import build_model
-
-    teachers = {}
-    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
-        torch.manual_seed(1)
-        teachers[key] = str(tmp_path / f"{arch}.pth")
-        save_segmentor(build_model(arch, 4, width_mult=0.125, head_channels=16, verbose=False), teachers[key])
+    teachers = write_teachers(tmp_path, 4, seed=1)
     C = voc_config()
     C.update(pretrained="", num_classes=4, width_mult=0.25, head_channels=32, student_bn_updates=updates, **teachers)
     method = build_method(resolve_config(C))
-    g = torch.Generator().manual_seed(0)
-    batch = {"image_l": torch.randn(2, 3, 32, 32, generator=g), "label_l": torch.randint(0, 4, (2, 32, 32), generator=g),
-             "image_u0": torch.randn(2, 3, 32, 32, generator=g), "image_u1": torch.randn(2, 3, 32, 32, generator=g),
-             "mask_mix": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()}
+    batch = to_device(synthetic_batch(2, 32, 4), "cpu")
     replay = copy.deepcopy(method.student).train()
     x_m = batch["image_u0"] * (1 - batch["mask_mix"]) + batch["image_u1"] * batch["mask_mix"]
     order = ([batch["image_u0"], batch["image_u1"], x_m, batch["image_l"]] if updates == "original"

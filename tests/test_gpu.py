@@ -15,8 +15,9 @@ from furnace.datasets.make_synthetic import generate
 from furnace.run import train_main
 from furnace.engine.evaluator import evaluate
 from furnace.methods import build_method
-from furnace.models import build_model, save_segmentor
-from furnace.tools import benchmark
+from furnace.models import build_model
+from furnace.tools.bench_mgd import mgd_step_bench
+from furnace.tools.timing import no_tf32
 
 pytestmark = pytest.mark.gpu
 
@@ -33,14 +34,8 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gpu_teachers")
-    paths = {}
-    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
-        torch.manual_seed(len(arch))
-        paths[key] = str(base / f"{arch}.pth")
-        save_segmentor(build_model(arch, 7, width_mult=0.125, head_channels=16, verbose=False), paths[key])
-    return paths
+def teachers(tmp_path_factory, write_teachers):
+    return write_teachers(tmp_path_factory.mktemp("gpu_teachers"), 7)
 
 
 def tiny_cfg(data_root, out, teachers=None, **overrides):
@@ -94,8 +89,7 @@ def test_channels_last_and_compiled_training_runs(data_root, teachers, tmp_path,
 def test_batched_teacher_pass_equals_the_reference_on_the_gpu():
     """Same weights, same batch: the optimized step's losses against the reference path's, both in
     true fp32 (TF32 off) on the GPU."""
-    m = benchmark.mgd_step_bench(torch.device("cuda"), batch=2, crop=64, steps=1, warmup=0, width_mult=0.125,
-                                 head_channels=16)
+    m = mgd_step_bench(torch.device("cuda"), batch=2, crop=64, steps=1, warmup=0, width_mult=0.125, head_channels=16)
     assert m["max_loss_rel_diff_fp32"] <= 1e-4, m
 
 
@@ -104,7 +98,7 @@ def test_gpu_evaluation_equals_cpu_evaluation(data_root, tmp_path):
     torch.manual_seed(0)
     net = build_model("resnet18", 7, width_mult=0.125, head_channels=16, verbose=False).eval()
     dataset = build_val_dataset(cfg)
-    with benchmark._no_tf32():
+    with no_tf32():
         on_gpu = evaluate(net.to("cuda"), dataset, cfg, device=torch.device("cuda"))
     on_cpu = evaluate(net.to("cpu"), dataset, cfg, device=torch.device("cpu"))
     assert on_gpu["miou"] == pytest.approx(on_cpu["miou"], abs=1e-4)

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from furnace.config import resolve_config, synthetic_config
+from furnace.datasets import to_device
+from furnace.datasets.batch import LABELED_KEYS, synthetic_batch
 from furnace.methods import build_method
-from furnace.models import build_model, load_segmentor, save_segmentor
+from furnace.models import load_segmentor
 from furnace.utils import UserError
 
 SMALL = dict(width_mult=0.25, head_channels=32)
@@ -20,37 +22,18 @@ def small_cfg(tmp_path, **kw):
     return C
 
 
-def make_teachers(tmp_path, num_classes=4):
-    paths = {}
-    for key, arch in (("teacher_deep", "resnet101"), ("teacher_wide", "wrn50_2")):
-        torch.manual_seed(len(arch))
-        net = build_model(arch, num_classes, verbose=False, width_mult=0.125, head_channels=16)
-        # give BN non-trivial running statistics so a changed buffer would show
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-        paths[key] = str(tmp_path / f"{arch}.pth")
-        save_segmentor(net, paths[key])
-    return paths
+@pytest.fixture
+def teachers(tmp_path, write_teachers):
+    return write_teachers(tmp_path, 4, spread_bn=True)
 
 
 def batch(b=2, size=32, num_classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(b, 1, size, size)
-    mask[:, :, : size // 2, : size // 2] = 1
-    return {
-        "image_l": torch.randn(b, 3, size, size, generator=g),
-        "label_l": torch.randint(0, num_classes, (b, size, size), generator=g),
-        "image_u0": torch.randn(b, 3, size, size, generator=g),
-        "image_u1": torch.randn(b, 3, size, size, generator=g),
-        "mask_mix": mask,
-    }
+    return to_device(synthetic_batch(b, size, num_classes, seed=seed), "cpu")
 
 
 @pytest.fixture
-def mgd(tmp_path):
-    cfg = resolve_config(small_cfg(tmp_path, method="mgd", **make_teachers(tmp_path)))
+def mgd(tmp_path, teachers):
+    cfg = resolve_config(small_cfg(tmp_path, method="mgd", **teachers))
     return build_method(cfg)
 
 
@@ -116,14 +99,13 @@ def _assert_losses_equal_reference_path(tmp_path, teachers, **overrides):
     return method, losses
 
 
-def test_mgd_batched_teachers_equal_reference_path(tmp_path):
-    _assert_losses_equal_reference_path(tmp_path, make_teachers(tmp_path))
+def test_mgd_batched_teachers_equal_reference_path(tmp_path, teachers):
+    _assert_losses_equal_reference_path(tmp_path, teachers)
 
 
 @pytest.mark.slow
-def test_compiled_teachers_compute_the_reference_losses(tmp_path, monkeypatch):
+def test_compiled_teachers_compute_the_reference_losses(tmp_path, teachers, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a real compile, no cache
-    teachers = make_teachers(tmp_path)
     compiled, lc = _assert_losses_equal_reference_path(tmp_path, teachers, compile_teachers=True)
     assert set(compiled._teacher_calls) == {"teacher_deep", "teacher_wide"}
     lc["loss"].backward()  # the student still learns through the compiled teachers' targets
@@ -132,8 +114,8 @@ def test_compiled_teachers_compute_the_reference_losses(tmp_path, monkeypatch):
         resolve_config(small_cfg(tmp_path, method="mgd", compile_teachers=True, mgd_impl="reference", **teachers))
 
 
-def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path):
-    cfg = resolve_config(small_cfg(tmp_path, method="mgd", teacher_bn="train", **make_teachers(tmp_path)))
+def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path, teachers):
+    cfg = resolve_config(small_cfg(tmp_path, method="mgd", teacher_bn="train", **teachers))
     m = build_method(cfg)
     m.train()
     assert m.frozen("teacher_deep").training and m.frozen("teacher_wide").training
@@ -141,8 +123,7 @@ def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path):
     assert not m.frozen("teacher_deep").training
 
 
-def test_missing_or_wrong_teacher_file_fails_before_training(tmp_path):
-    teachers = make_teachers(tmp_path)
+def test_missing_or_wrong_teacher_file_fails_before_training(tmp_path, teachers):
     with pytest.raises(UserError, match="teacher_deep.*not found"):
         build_method(resolve_config(small_cfg(tmp_path, method="mgd", teacher_deep=str(tmp_path / "nope.pth"),
                                               teacher_wide=teachers["teacher_wide"])))
@@ -176,7 +157,7 @@ def test_cps_trains_both_networks_and_exports_branch1(tmp_path):
 def test_supervised_uses_labeled_data_only(tmp_path):
     sup = build_method(resolve_config(small_cfg(tmp_path, method="supervised")))
     assert sup.needs_unlabeled is False
-    b = {k: v for k, v in batch().items() if k.endswith("_l")}
+    b = {k: v for k, v in batch().items() if k in LABELED_KEYS}
     losses = sup(b)
     assert set(losses) == {"loss", "sup"}
 

@@ -1,11 +1,11 @@
 """The batch on the training device: uint8 from the loader, normalised here.
 
-The loader's workers hand over ``image_*`` as (B, 3, h, w) uint8 (a channels-last view of HWC
-crops), ``label_*`` as uint8 (int16 above 256 classes), ``mask_mix`` as (B, 1, h, w) uint8 and, per
-image key, ``valid_*`` (B, 4) int32 boxes ``(y0, x0, y1, x1)`` of real pixels. :func:`to_device`
-moves them (4x fewer bytes than float32) and normalises on the device with the same 256-entry table
-as :func:`furnace.datasets.transforms.normalize`, zeroing the padding, so the values are bit-identical
-to normalising on the CPU. Float batches (tests, benchmarks) pass through unchanged.
+The loader's workers hand over the keys of :mod:`furnace.datasets.batch`: images (B, 3, h, w) uint8
+(a channels-last view of HWC crops), labels uint8 (int16 above 256 classes), the CutMix mask
+(B, 1, h, w) uint8 and, per image, its valid box (B, 4) int32 ``(y0, x0, y1, x1)`` of real pixels.
+:func:`to_device` moves them (4x fewer bytes than float32) and normalises on the device with the same
+256-entry table as :func:`furnace.datasets.transforms.normalize`, zeroing the padding, so the values are
+bit-identical to normalising on the CPU. Float batches (tests, benchmarks) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .batch import BOX_OF, BOXES, IMAGES, LABELS, MASKS
 
 _TABLES: dict = {}
 
@@ -48,25 +49,24 @@ def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, me
 
 def to_device(batch: dict, device, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, channels_last: bool = False) -> dict:
     """The batch on ``device`` as the methods consume it: images float32 normalised (channels-last
-    when asked), labels int64, ``mask_mix`` float32 in {0, 1}; ``valid_*`` boxes are used and
+    when asked), labels int64, the CutMix mask float32 in {0, 1}; the valid boxes are used and
     dropped. Tensors already float pass through (moved, and made channels-last when asked)."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():
-        if not torch.is_tensor(value) or key.startswith("valid_"):
+        if not torch.is_tensor(value) or key in BOXES:
             if not torch.is_tensor(value):
                 out[key] = value
             continue
         value = value.to(device, non_blocking=True)
-        if key.startswith("image") and value.ndim == 4:
+        if key in IMAGES and value.ndim == 4:
             if value.dtype == torch.uint8:
-                valid = batch.get("valid" + key[len("image"):])
-                value = normalize_images(value, valid, mean, std, channels_last=channels_last)
+                value = normalize_images(value, batch.get(BOX_OF[key]), mean, std, channels_last=channels_last)
             elif channels_last:
                 value = value.contiguous(memory_format=torch.channels_last)
-        elif key.startswith("label") and value.dtype in (torch.uint8, torch.int16):
+        elif key in LABELS and value.dtype in (torch.uint8, torch.int16):
             value = value.long()
-        elif key == "mask_mix" and value.dtype == torch.uint8:
+        elif key in MASKS and value.dtype == torch.uint8:
             value = value.float()
         out[key] = value
     return out

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import batch_split
 from ..utils import UserError, raise_item_error, user_error_as_item
+from .batch import BOX_OF, IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX, as_batch, batch_specs, label_dtype
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
 from .layouts import dataset_dir, layout_of
@@ -64,11 +65,6 @@ def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.G
     )
 
 
-def _as_batch(arrays: dict) -> dict:
-    """Filled buffers -> the batch: HWC image buffers viewed as (B, 3, c, c), i.e. channels-last."""
-    return {key: value.permute(0, 3, 1, 2) if key.startswith("image_") else value for key, value in arrays.items()}
-
-
 class _EpochBatches(Dataset):
     """Micro-batch ``k`` of one process's epoch (map-style, so workers can take any ``k``)."""
 
@@ -84,8 +80,7 @@ class _EpochBatches(Dataset):
         self.crop = int(self.cfg.crop_size)
         self.scales = list(self.cfg.train_scales)
         self.ignore = loader.layout.ignore_index
-        # uint8 holds class ids and the ignore value up to 255; int16 beyond
-        self.label_dtype = torch.uint8 if max(loader.layout.num_classes - 1, self.ignore) <= 255 else torch.int16
+        self.label_dtype = label_dtype(loader.layout.num_classes, self.ignore)
 
     def __len__(self) -> int:
         return self.length
@@ -110,32 +105,24 @@ class _EpochBatches(Dataset):
 
     def specs(self) -> dict:
         """``{key: (shape, dtype)}`` of one micro-batch's buffers (images HWC)."""
-        n, c = self.cfg.micro_batch, self.crop
-        specs = {"label_l": ((n, c, c), self.label_dtype)}
-        for name in ("l", "u0", "u1") if self.need_unlabeled else ("l",):
-            specs["image_" + name] = ((n, c, c, 3), torch.uint8)
-            specs["valid_" + name] = ((n, 4), torch.int32)
-        if self.need_unlabeled:
-            specs["mask_mix"] = ((n, 1, c, c), torch.uint8)
-        return specs
+        return batch_specs(self.cfg.micro_batch, self.crop, self.label_dtype, unlabeled=self.need_unlabeled)
 
     def _build(self, k: int) -> dict:
         positions = self.positions(k)
         c = self.crop
-        streams = [("l", self.labeled, STREAM_LABELED)]
+        streams = [(IMAGE_L, self.labeled, STREAM_LABELED)]
         if self.need_unlabeled:
-            streams += [("u0", self.unlabeled, STREAM_U0), ("u1", self.unlabeled, STREAM_U1)]
+            streams += [(IMAGE_U0, self.unlabeled, STREAM_U0), (IMAGE_U1, self.unlabeled, STREAM_U1)]
         buffers = allocate(self.specs()) if self.ring is None else self.ring.acquire(k)
         arrays = {key: value.numpy() for key, value in buffers.items()}
         for i, p in enumerate(positions):
-            for name, dataset, stream in streams:
-                out = arrays["image_" + name][i]
-                out_label = arrays["label_l"][i] if name == "l" else None
-                arrays["valid_" + name][i] = self._augment(dataset, stream, p, out, out_label)
+            for image, dataset, stream in streams:
+                out_label = arrays[LABEL_L][i] if image == IMAGE_L else None
+                arrays[BOX_OF[image]][i] = self._augment(dataset, stream, p, arrays[image][i], out_label)
             if self.need_unlabeled:
                 mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
-                arrays["mask_mix"][i, 0] = box_mask_from_cfg((c, c), mask_rng, self.cfg)
-        return _as_batch(buffers) if self.ring is None else {_SLOT_KEY: k}
+                arrays[MASK_MIX][i, 0] = box_mask_from_cfg((c, c), mask_rng, self.cfg)
+        return as_batch(buffers) if self.ring is None else {_SLOT_KEY: k}
 
 
 class _EpochIterator:
@@ -153,7 +140,7 @@ class _EpochIterator:
         for batch in self._data_loader:
             batch = raise_item_error(batch)
             if _SLOT_KEY in batch:
-                batch = _as_batch(self._ring.copy_out(batch[_SLOT_KEY], pin=self._pin))
+                batch = as_batch(self._ring.copy_out(batch[_SLOT_KEY], pin=self._pin))
             yield batch
 
 
@@ -163,7 +150,8 @@ class TrainLoader:
     ``TrainLoader(cfg, *, rank=0, world_size=1, need_unlabeled=True)`` reads the split lists of
     ``cfg`` (:func:`split_paths`) and exposes ``iters_per_epoch``, ``accum`` (micro-batches per
     iteration on this process) and ``micro_batch``. ``epoch(e, start_iter=0)`` yields
-    ``(iters_per_epoch - start_iter) * accum`` dicts of CPU tensors:
+    ``(iters_per_epoch - start_iter) * accum`` dicts of CPU tensors (the keys of
+    :mod:`furnace.datasets.batch`):
 
     * ``image_l`` (B, 3, c, c) uint8 RGB (a channels-last view), ``label_l`` (B, c, c) uint8
       (255 = ignore; int16 above 256 classes), ``valid_l`` (B, 4) int32 ``(y0, x0, y1, x1)`` boxes of

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import accumulation_steps, config_to_dict, resolve_config, validate_config
+from ..datasets.batch import IMAGE_L, LABEL_L
 from ..datasets.device import to_device
 from ..datasets.layouts import layout_holding
 from ..utils import UserError
@@ -350,11 +351,11 @@ def _forward_backward(ddp_call, ddp, batches, accum, device, dtype, scaler, chan
 @torch.no_grad()
 def _log_predictions(log, method, batch, palette, step, dtype, device, count: int = 2):
     """TB images of the eval network's predictions on the first labeled images of ``batch``."""
-    if "image_l" not in batch or "label_l" not in batch:
+    if IMAGE_L not in batch or LABEL_L not in batch:
         return
     with eval_mode(method.eval_network()) as net, preserved_cpu_rng(), \
             torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits = net(batch["image_l"][:count])
+        logits = net(batch[IMAGE_L][:count])
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
-    log.images(step, batch["image_l"][:count], batch["label_l"][:count], logits.argmax(1), palette)
+    log.images(step, batch[IMAGE_L][:count], batch[LABEL_L][:count], logits.argmax(1), palette)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX
 from ..losses import cps_loss, cutmix_pseudo_label, mix_by_mask
 from .base import Method, build_network, check_pretrained
 
@@ -22,8 +23,8 @@ class CPS(Method):
         self.branch2 = build_network(cfg)
 
     def forward(self, batch):
-        x_l, y = batch["image_l"], batch["label_l"]
-        u0, u1, mask = batch["image_u0"], batch["image_u1"], batch["mask_mix"]
+        x_l, y = batch[IMAGE_L], batch[LABEL_L]
+        u0, u1, mask = batch[IMAGE_U0], batch[IMAGE_U1], batch[MASK_MIX]
         with torch.no_grad():
             pseudo1 = cutmix_pseudo_label(self.branch1(u0), self.branch1(u1), mask)
             pseudo2 = cutmix_pseudo_label(self.branch2(u0), self.branch2(u1), mask)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX
 from ..losses import (
     content_aware_loss,
     cutmix_pseudo_label,
@@ -81,8 +82,8 @@ class MGD(Method):
     # -- the objective --------------------------------------------------------------------------
     def forward(self, batch):
         cfg = self.cfg
-        x_l, y = batch["image_l"], batch["label_l"]
-        u0, u1, mask = batch["image_u0"], batch["image_u1"], batch["mask_mix"]
+        x_l, y = batch[IMAGE_L], batch[LABEL_L]
+        u0, u1, mask = batch[IMAGE_U0], batch[IMAGE_U1], batch[MASK_MIX]
         x_m = mix_by_mask(u0, u1, mask)
         deep, wide = self.teacher_targets(x_l, u0, u1, x_m, mask)
 

@@ -1,6 +1,7 @@
 """The "Sup." baseline: one network trained on the labeled images only."""
 from __future__ import annotations
 
+from ..datasets.batch import IMAGE_L, LABEL_L
 from .base import Method, build_network, check_pretrained
 
 
@@ -15,7 +16,7 @@ class Supervised(Method):
         self.model = build_network(cfg)
 
     def forward(self, batch):
-        sup = self.supervised_loss(self.model(batch["image_l"]), batch["label_l"])
+        sup = self.supervised_loss(self.model(batch[IMAGE_L]), batch[LABEL_L])
         return {"loss": sup, "sup": sup}
 
     def eval_network(self):

@@ -9,7 +9,8 @@ Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
   network (torch.utils.flop_counter, counted on the meta device: a multiply-add is 2 FLOPs); the
   students' evaluation speed through ``Evaluator.predict`` (sliding window, single scale, no flip):
   VOC 512x512 with window 512 and Cityscapes 1024x2048 with window 800 (8 windows).
-* ``mgd_step``: one MGD training iteration (forward, backward, SGD update) at ``--batch`` x ``--crop``,
+* ``mgd_step`` (:mod:`furnace.tools.bench_mgd`): one MGD training iteration (forward, backward, SGD
+  update) at ``--batch`` x ``--crop``,
   two ways on the same batch and the same initial weights: the *reference* path (mgd_impl="reference":
   each teacher called on x_l, u0, u1 and x_m separately, fp32, NCHW) and the *optimized* path
   (mgd_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers
@@ -42,14 +43,16 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..config import ARCHS
+from ..datasets.batch import synthetic_batch
 from ..datasets.device import to_device
 from ..engine.dist import amp_dtype
+from .bench_mgd import mgd_step_bench
+from .timing import TrainStep, count_flops, median_ms
 
 STUDENTS = ("resnet18", "mobilenetv2")
 TEACHERS = ("resnet101", "wrn50_2")
@@ -80,57 +83,6 @@ RECIPES = {
 VOC_1_8_ITERS = (10582 - 1323) // 8 * 34
 EVAL_SIZES = {"512x512": (512, 512, 512, "voc"), "1024x2048": (1024, 2048, 800, "city")}
 TINY_EVAL_SIZES = {"64x128": (64, 128, 64, "voc")}  # --tiny (a dry run of the tool)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    """Milliseconds of one ``fn()`` call, the device synchronised before and after."""
-    return _timed2(fn, device)[0]
-
-
-def _timed2(fn, device: torch.device) -> tuple[float, float]:
-    """(wall, CPU) milliseconds of one ``fn()`` call. The CPU time of the process (all its threads) is
-    what the call cost on a CPU whose cores other programs share: it does not grow while the process
-    waits for a core, which the wall time does."""
-    _sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
-
-
-def _median_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(_timed(fn, device) for _ in range(max(1, iters)))
-
-
-@contextmanager
-def _no_tf32():
-    """True fp32 convolutions and matmuls on CUDA (PyTorch lets cuDNN convolutions use TF32 by default)."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
-
-
-def count_flops(fn) -> int:
-    """FLOPs of everything ``fn()`` runs (forward and backward), counted by torch.utils.flop_counter.
-
-    Only matrix products and convolutions count (a multiply-add = 2 FLOPs); elementwise work does not.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
 
 
 # ----------------------------------------------------------------------------- networks
@@ -201,206 +153,9 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
     amp = evaluator.dtype
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         net(x)
-    ms = _median_ms(lambda: evaluator.predict(net, image), device, warmup=1 if device.type == "cuda" else 0,
+    ms = median_ms(lambda: evaluator.predict(net, image), device, warmup=1 if device.type == "cuda" else 0,
                     iters=iters)
     return round(1000 / ms, 3)
-
-
-# ----------------------------------------------------------------------------- MGD step
-
-
-def _synthetic_batch(batch: int, crop: int, num_classes: int) -> dict:
-    """A fixed training micro-batch as the loader hands it over (uint8 images, labels and CutMix mask:
-    a central box, 1/4 of the area; no padding), for :func:`furnace.datasets.to_device`."""
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, 1, crop, crop, dtype=torch.uint8)
-    mask[:, :, crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
-    out = {"label_l": torch.randint(0, num_classes, (batch, crop, crop), generator=g, dtype=torch.uint8),
-           "mask_mix": mask}
-    for name in ("l", "u0", "u1"):
-        out["image_" + name] = torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8)
-        out["valid_" + name] = torch.tensor([[0, 0, crop, crop]] * batch, dtype=torch.int32)
-    return out
-
-
-def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class _Path:
-    """One way of running the MGD step: the method, its optimizer, its batch and its step function."""
-
-    def __init__(self, name, method, batch, device, dtype):
-        self.name, self.method, self.device, self.dtype = name, method, device, dtype
-        self.batch = batch
-        self.optimizer = torch.optim.SGD(method.parameters(), lr=1e-3, momentum=0.9)
-        self.forward = method
-        self.times: list[float] = []
-        self.cpu_times: list[float] = []
-        self.peak_work = 0
-
-    def step(self, record: dict | None = None) -> None:
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            losses = self.forward(self.batch)
-        losses["loss"].backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if record is not None:
-            record.update({k: float(v.detach()) for k, v in losses.items()})
-
-    def timed_step(self) -> None:
-        if self.device.type == "cuda":
-            _sync(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        wall, cpu = _timed2(self.step, self.device)
-        self.times.append(wall)
-        self.cpu_times.append(cpu)
-        if self.device.type == "cuda":
-            self.peak_work = max(self.peak_work, torch.cuda.max_memory_allocated(self.device) - base)
-
-    def resident_bytes(self) -> int:
-        """Weights, buffers (student and teachers) and optimizer state this path keeps on the device."""
-        nets = [self.method, *(self.method.frozen(n) for n in ("teacher_deep", "teacher_wide"))]
-        tensors = [t for n in nets for t in (*n.parameters(), *n.buffers())]
-        tensors += [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-        return _bytes({id(t): t for t in tensors}.values())
-
-
-def _rel_diff(ref: dict, other: dict) -> float:
-    return max(abs(other[k] - v) / max(abs(v), 1e-12) for k, v in ref.items())
-
-
-def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "resnet18", steps: int = 3,
-                   warmup: int = 1, num_classes: int = 21, width_mult: float = 1.0, head_channels: int = 256,
-                   student_channels_last: bool | None = None, compile_mode: str = "off") -> dict:
-    """Reference vs optimized MGD step (forward, backward, SGD update) at ``batch`` x ``crop``.
-
-    Teachers (resnet101, wrn50_2) and student are randomly initialised with ``width_mult`` /
-    ``head_channels`` (1.0 / 256: the real networks), written as teacher files and loaded by the
-    method exactly as training does. ``student_channels_last`` None -> on CUDA only (on a CPU oneDNN's
-    channels_last backward is slower for the student; the teachers gain from it). ``compile_mode``:
-    "off", "teachers" (``MGD.compile_teachers``, what ``compile_teachers=true`` does in training) or "student".
-    Returns the figures described in the module docstring.
-    """
-    from ..config import resolve_config, voc_config
-    from ..methods import build_method
-    from ..models import build_model, save_segmentor
-
-    if student_channels_last is None:
-        student_channels_last = device.type == "cuda"
-    amp = amp_dtype("auto", device)
-    data = _synthetic_batch(batch, crop, num_classes)
-    opts = dict(width_mult=width_mult, head_channels=head_channels)
-    with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:
-        tmp = Path(tmpdir)
-        torch.manual_seed(1)
-        for name, t_arch in (("deep", "resnet101"), ("wide", "wrn50_2")):
-            save_segmentor(build_model(t_arch, num_classes, verbose=False, **opts), tmp / f"{name}.pth")
-
-        def build(impl: str):
-            C = voc_config()
-            C.update(data_root=str(tmp), output_dir=str(tmp / "out"), pretrained="", arch=arch, method="mgd",
-                     mgd_impl=impl, num_classes=num_classes, teacher_deep=str(tmp / "deep.pth"),
-                     teacher_wide=str(tmp / "wide.pth"), **opts)
-            torch.manual_seed(2)  # the same student initialisation for both paths
-            return build_method(resolve_config(C)).to(device).train()
-
-        paths = {"reference": build("reference"), "optimized": build("batched")}
-        opt_method = paths["optimized"]
-        fmt = torch.contiguous_format
-        if student_channels_last:
-            opt_method.to(memory_format=torch.channels_last)
-            fmt = torch.channels_last
-        runs = {
-            "reference": _Path("reference", paths["reference"], to_device(data, device), device, None),
-            "optimized": _Path("optimized", opt_method,
-                               to_device(data, device, channels_last=fmt == torch.channels_last), device, amp),
-        }
-        ref, fast = runs["reference"], runs["optimized"]
-
-        check = {}
-        if amp is not None:  # the maths without bf16 rounding: both paths once in true fp32
-            with torch.no_grad(), _no_tf32():
-                for r in (ref, fast):
-                    check[r.name] = {k: float(v) for k, v in r.method(r.batch).items()}
-
-        # first step of each path: the losses to compare, and the FLOPs each path computes
-        first = {"reference": {}, "optimized": {}}
-        ref_flops = count_flops(lambda: ref.step(first["reference"]))
-        flops = count_flops(lambda: fast.step(first["optimized"]))
-
-        compile_s = 0.0
-        if compile_mode != "off":
-            t0 = time.perf_counter()
-            _compile(fast, compile_mode)
-            fast.step()  # compiles
-            _sync(device)
-            compile_s = time.perf_counter() - t0
-        for _ in range(warmup):
-            ref.step()
-            fast.step()
-        for _ in range(steps):  # alternate: a load change on the machine hits both paths alike
-            ref.timed_step()
-            fast.timed_step()
-
-        out = {"arch": arch, "batch": batch, "crop": crop, "device": str(device),
-               "threads": torch.get_num_threads()}
-        if width_mult != 1.0 or head_channels != 256:
-            out.update(width_mult=width_mult, head_channels=head_channels)
-        ref_ms, fast_ms = statistics.median(ref.times), statistics.median(fast.times)
-        out.update({
-            "reference_ms": round(ref_ms, 2),
-            "optimized_ms": round(fast_ms, 2),
-            "speedup": round(ref_ms / fast_ms, 3),
-            "max_loss_rel_diff": float(f"{_rel_diff(first['reference'], first['optimized']):.3g}"),
-        })
-        if device.type == "cpu":
-            # On a CPU shared with other programs the wall time swings with their load; the process's
-            # CPU time per step does much less (with several threads it includes OpenMP spin-waiting).
-            ref_cpu, fast_cpu = statistics.median(ref.cpu_times), statistics.median(fast.cpu_times)
-            out.update({"reference_cpu_ms": round(ref_cpu, 2), "optimized_cpu_ms": round(fast_cpu, 2),
-                        "speedup_cpu_time": round(ref_cpu / fast_cpu, 3),
-                        "speedup_best_wall": round(min(ref.times) / min(fast.times), 3)})
-        if check:
-            out["max_loss_rel_diff_fp32"] = float(f"{_rel_diff(check['reference'], check['optimized']):.3g}")
-        out.update({
-            "images_per_s": round(batch * 1000 / fast_ms, 3),
-            "reference_images_per_s": round(batch * 1000 / ref_ms, 3),
-            "step_tflop": round(flops / 1e12, 4),
-            "achieved_tflops": round(flops / 1e12 / (fast_ms / 1000), 4),
-            # the same maths: both paths multiply-add the same amount, only how fast differs
-            "reference_step_tflop": round(ref_flops / 1e12, 4),
-            "reference_achieved_tflops": round(ref_flops / 1e12 / (ref_ms / 1000), 4),
-            "optimized_settings": {
-                "teachers": "one batched inference_mode pass each, channels_last",
-                "student_channels_last": student_channels_last,
-                "autocast": str(amp).replace("torch.", "") if amp else "off",
-                "compile": compile_mode,
-            },
-            "timed_steps": steps,
-            "warmup_steps": warmup,
-            "step_ms_all": {k: [round(t, 1) for t in r.times] for k, r in runs.items()},
-            **({"step_cpu_ms_all": {k: [round(t, 1) for t in r.cpu_times] for k, r in runs.items()}}
-               if device.type == "cpu" else {}),
-            "losses_first_step": first,
-        })
-        if compile_mode != "off":
-            out["compile_s"] = round(compile_s, 1)
-        if device.type == "cuda":
-            for key, r in runs.items():
-                out[f"{key}_peak_mem_gb"] = round((r.resident_bytes() + r.peak_work) / 2**30, 2)
-            out["peak_mem_gb"] = out["optimized_peak_mem_gb"]
-    return out
-
-
-def _compile(path: _Path, mode: str) -> None:
-    if mode == "teachers":
-        path.method.compile_teachers()  # what compile_teachers=true does in training
-    elif mode == "student":
-        path.method.student = torch.compile(path.method.student)
-    else:
-        raise ValueError(f"unknown compile mode {mode!r}")
 
 
 # ----------------------------------------------------------------------------- teachers, recipes
@@ -416,14 +171,14 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
 
     amp = amp_dtype("auto", device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    data = to_device(_synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
+    data = to_device(synthetic_batch(batch, crop, num_classes), device, channels_last=fmt == torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
         C = voc_config()
         C.update(data_root=tmp, output_dir=tmp, pretrained="", arch=arch, method="cps", num_classes=num_classes,
                  width_mult=width_mult, head_channels=head_channels)
         torch.manual_seed(3)
         method = build_method(resolve_config(C)).to(device).train().to(memory_format=fmt)
-    path = _Path("teacher", method, data, device, amp)
+    path = TrainStep("teacher", method, data, device, amp)
     for _ in range(1 + warmup):
         path.step()
     for _ in range(max(1, steps)):

@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -169,27 +167,18 @@ def check_agreement(rows: list[dict], path) -> None:
                         f"{100 * r['argmax_equal']:.3f} % (limit {100 * ARGMAX_MIN:g} %); the file is not usable")
 
 
-def median_ms(fn, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def latency(model, onnx_net: OrtNetwork, sizes, warmup: int = 1, runs: int = 5) -> list[dict]:
     """Median ms per batch-1 forward pass of PyTorch eager (no_grad) and ONNX Runtime at each (H, W)."""
     import torch
+
+    from .timing import median_ms
 
     rows = []
     for h, w in sizes:
         x = torch.randn(1, 3, h, w)
         with torch.no_grad():
-            eager = median_ms(lambda: model(x), warmup, runs)
-        ort_ms = median_ms(lambda: onnx_net.run(x.numpy()), warmup, runs)
+            eager = median_ms(lambda: model(x), warmup=warmup, iters=runs)
+        ort_ms = median_ms(lambda: onnx_net.run(x.numpy()), warmup=warmup, iters=runs)
         rows.append({"size": f"{h}x{w}", "pytorch_eager_ms": round(eager, 1), "onnxruntime_ms": round(ort_ms, 1)})
     return rows
 

@@ -1,0 +1,80 @@
+"""The training batch contract: the key names, what each key holds, and a synthetic batch.
+
+A batch is a dict of CPU tensors that :class:`furnace.datasets.TrainLoader` hands over and
+:func:`furnace.datasets.device.to_device` puts on the training device; the methods read it by these
+names. With B images of c x c pixels:
+
+* images :data:`IMAGES`: ``image_l`` (labeled crop), ``image_u0``, ``image_u1`` (the two unlabeled
+  crops), (B, 3, c, c) uint8 RGB viewed channels-last (the buffers are HWC); on the device float32,
+  ImageNet-normalised, 0 outside the image's box;
+* boxes :data:`BOXES`: ``valid_l``, ``valid_u0``, ``valid_u1`` (B, 4) int32 ``(y0, x0, y1, x1)`` of
+  the image's real pixels (the rest is padding), one per image key (:data:`BOX_OF`); used and dropped
+  by ``to_device``;
+* labels :data:`LABELS`: ``label_l`` (B, c, c) uint8 class ids, 255 = ignore (int16 above 256
+  classes: :func:`label_dtype`); on the device int64;
+* masks :data:`MASKS`: ``mask_mix`` (B, 1, c, c) uint8 in {0, 1}, the CutMix mask (1 = pixel from
+  ``image_u1``); on the device float32.
+
+A labeled-only batch (the supervised baseline) holds :data:`LABELED_KEYS` only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..utils import IGNORE_INDEX
+
+IMAGE_L, IMAGE_U0, IMAGE_U1 = "image_l", "image_u0", "image_u1"
+VALID_L, VALID_U0, VALID_U1 = "valid_l", "valid_u0", "valid_u1"
+LABEL_L = "label_l"
+MASK_MIX = "mask_mix"
+
+IMAGES = (IMAGE_L, IMAGE_U0, IMAGE_U1)
+BOX_OF = {IMAGE_L: VALID_L, IMAGE_U0: VALID_U0, IMAGE_U1: VALID_U1}  # image key -> its valid box key
+BOXES = tuple(BOX_OF.values())
+LABELS = (LABEL_L,)
+MASKS = (MASK_MIX,)
+LABELED_KEYS = (IMAGE_L, LABEL_L, VALID_L)
+
+
+def label_dtype(num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.dtype:
+    """uint8 when every class id and the ignore value fit in it (up to 256 classes), else int16."""
+    return torch.uint8 if max(num_classes - 1, ignore_index) <= 255 else torch.int16
+
+
+def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, *,
+                unlabeled: bool = True) -> dict:
+    """``{key: (shape, dtype)}`` of one micro-batch's buffers as they are filled (images HWC)."""
+    n, c = micro_batch, crop
+    specs = {LABEL_L: ((n, c, c), labels)}
+    for image in IMAGES if unlabeled else (IMAGE_L,):
+        specs[image] = ((n, c, c, 3), torch.uint8)
+        specs[BOX_OF[image]] = ((n, 4), torch.int32)
+    if unlabeled:
+        specs[MASK_MIX] = ((n, 1, c, c), torch.uint8)
+    return specs
+
+
+def as_batch(buffers: dict) -> dict:
+    """Filled buffers -> the batch: HWC image buffers viewed as (B, 3, c, c), i.e. channels-last."""
+    return {key: value.permute(0, 3, 1, 2) if key in IMAGES else value for key, value in buffers.items()}
+
+
+def synthetic_batch(micro_batch: int, crop: int, num_classes: int, *, seed: int = 0,
+                    unlabeled: bool = True) -> dict:
+    """A fixed batch in the loader's exact format (the benchmark's and the tests' stand-in for real data):
+    random uint8 images and labels below ``num_classes``, no padding (every box the whole crop), and a
+    CutMix mask that takes the central box, 1/4 of the area, from ``image_u1``."""
+    g = torch.Generator().manual_seed(seed)
+    buffers = {}
+    for key, (shape, dtype) in batch_specs(micro_batch, crop, label_dtype(num_classes), unlabeled=unlabeled).items():
+        if key in IMAGES:
+            buffers[key] = torch.randint(0, 256, shape, generator=g, dtype=dtype)
+        elif key in LABELS:
+            buffers[key] = torch.randint(0, num_classes, shape, generator=g, dtype=dtype)
+        elif key in BOXES:
+            buffers[key] = torch.tensor([[0, 0, crop, crop]] * micro_batch, dtype=dtype)
+        else:
+            buffers[key] = torch.zeros(shape, dtype=dtype)
+            buffers[key][..., crop // 4: 3 * crop // 4, crop // 4: 3 * crop // 4] = 1
+    return as_batch(buffers)
