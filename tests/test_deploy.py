@@ -155,3 +155,11 @@ def test_convert_official_records_the_dataset(tmp_path, fill_weights):
     proc = run(["-m", "furnace.tools.convert_official", src, tmp_path / "c.pth", "--arch", "mobilenetv2",
                 "--dataset", "cityscapes"])
     assert proc.returncode == 2 and "has 21 classes but --dataset cityscapes has 19" in proc.stderr
+
+
+def test_export_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    """Every tool ends on a user error the same way: one ``error:`` line naming the file, exit status 2."""
+    proc = run(["-m", "furnace.tools.export", tmp_path / "nope.pth", "--out", tmp_path / "x.onnx"])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "nope.pth" in lines[0] and not (tmp_path / "x.onnx").exists()

@@ -1,5 +1,6 @@
-"""Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing,
-(their error handling: furnace.utils.run_cli)."""
+"""Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing, the
+report of samples a conversion could not read, and the next step after a conversion (their error handling:
+furnace.utils.run_cli)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,16 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     if not ok:
         raise UserError(f"{path}: cannot encode PNG")
     path.write_bytes(data.tobytes())
+
+
+def raise_conversion_problems(problems: list[str], total: int, what: str = "samples") -> None:
+    """A UserError listing (the first 20 of) ``problems`` when there are any, else nothing."""
+    if problems:
+        shown = "\n  - ".join(problems[:20])
+        raise UserError(f"{len(problems)} of {total} {what} could not be converted:\n  - {shown}")
+
+
+def next_step_hint(train_list: Path, subset_dir: Path) -> str:
+    """What a user does after converting a dataset: provide the standard partitions, or make them."""
+    return (f"next: put the standard partition lists into {subset_dir}/ or run "
+            f"python -m furnace.datasets.make_splits --list {train_list} --out {subset_dir}")

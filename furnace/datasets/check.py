@@ -6,7 +6,7 @@ checks the layout, the training/validation lists and the partition lists (format
 resolving to existing files, labeled/unlabeled disjoint), then reads every image and label:
 readable, not truncated, label a single-channel index PNG, same size as its image, values within the
 classes ∪ {255}. Prints each problem with its file; exit status 1 if there is any, else 0 and a
-summary. :func:`check_dataset` is the quick version run at the start of training.
+summary (2: a usage error, e.g. a missing classes.txt, in one line). :func:`check_dataset` is the quick version run at the start of training.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
+from ..utils import UserError, run_cli
 from ._util import default_workers, progress_map
 from .dataset import read_image, read_label
 from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
@@ -262,12 +262,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--workers", type=int, default=default_workers(), help="reader processes (0 = none)")
     args = parser.parse_args(argv)
-    try:
-        layout = (folder_layout(args.root, args.num_classes, args.ignore_index) if args.dataset == "folder"
-                  else get_layout(args.dataset))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(lambda: _check_command(args))
+
+
+def _check_command(args) -> int:
+    """The check CLI after parsing: 1 when the dataset has problems (each printed), 0 when it is fine."""
+    layout = (folder_layout(args.root, args.num_classes, args.ignore_index) if args.dataset == "folder"
+              else get_layout(args.dataset))
     root = Path(args.root)
     if not (root / layout.train_list).exists() and (root / layout.dir_name / layout.train_list).exists():
         root = root / layout.dir_name

@@ -262,11 +262,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS), help="partitions 1/N to write")
     args = parser.parse_args(argv)
-    if len(args.size) not in (1, 2):
-        parser.error("--size takes one value or WIDTH HEIGHT")
-    size = args.size[0] if len(args.size) == 1 else (args.size[1], args.size[0])
 
     def body():
+        if len(args.size) not in (1, 2):
+            raise UserError(f"--size {' '.join(map(str, args.size))}: give one value (square) or WIDTH HEIGHT")
+        size = args.size[0] if len(args.size) == 1 else (args.size[1], args.size[0])
         try:
             root = generate(args.root, args.seed, args.num_train, args.num_val, size, args.ratios, progress=True)
         except ValueError as err:

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..utils import IGNORE_INDEX, UserError, run_cli
-from ._util import default_workers, progress_map, write_png
+from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
 from .layouts import CITY_LABELID_TO_TRAINID
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -86,9 +86,7 @@ def prepare_cityscapes(
         problems = [
             p for p in progress_map(_convert, jobs, workers, desc=f"cityscapes {split}", progress=progress) if p
         ]
-        if problems:
-            shown = "\n  - ".join(problems[:20])
-            raise UserError(f"{len(problems)} of {len(jobs)} {split} samples could not be converted:\n  - {shown}")
+        raise_conversion_problems(problems, len(jobs), f"{split} samples")
         (dst / "config_new").mkdir(parents=True, exist_ok=True)
         (dst / "config_new" / f"{split}.txt").write_text("".join(lines))
         counts[split] = len(lines)
@@ -112,11 +110,8 @@ def main(argv=None) -> int:
         counts = prepare_cityscapes(args.src, args.dst, args.splits, args.link, args.workers, progress=True)
         for split, n in counts.items():
             print(f"{split}: {n} samples -> {Path(args.dst) / 'config_new' / (split + '.txt')}")
-        print(
-            f"next: put the standard partition lists into {Path(args.dst) / 'config_new' / 'subset_train'}/ or run "
-            f"python -m furnace.datasets.make_splits --list {Path(args.dst) / 'config_new' / 'train.txt'} "
-            f"--out {Path(args.dst) / 'config_new' / 'subset_train'}"
-        )
+        lists = Path(args.dst) / "config_new"
+        print(next_step_hint(lists / "train.txt", lists / "subset_train"))
 
     return run_cli(body)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import UserError, run_cli
-from ._util import default_workers, progress_map, write_png
+from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
 from .layouts import get_layout, voc_colormap
 
 NUM_CLASSES = 21
@@ -149,9 +149,7 @@ def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
     dst.mkdir(parents=True, exist_ok=True)
     (dst / layout.train_list).write_text("".join(f"{i}\n" for i in train_aug))
     (dst / layout.val_list).write_text("".join(f"{i}\n" for i in voc_val))
-    if problems:
-        shown = "\n  - ".join(problems[:20])
-        raise UserError(f"{len(problems)} of {len(jobs)} samples could not be converted:\n  - {shown}")
+    raise_conversion_problems(problems, len(jobs))
     return {"train_aug": len(train_aug), "val": len(voc_val)}
 
 
@@ -174,11 +172,7 @@ def main(argv=None) -> int:
         print(f"wrote {counts['train_aug']} train_aug and {counts['val']} val samples to {args.dst}")
         if not args.sbd:
             print("note: without --sbd, train_aug is VOC train only (the standard train_aug has 10,582 ids)")
-        print(
-            f"next: put the standard partition lists into {Path(args.dst) / 'subset_train_aug'}/ or run "
-            f"python -m furnace.datasets.make_splits --list {Path(args.dst) / 'train_aug.txt'} "
-            f"--out {Path(args.dst) / 'subset_train_aug'}"
-        )
+        print(next_step_hint(Path(args.dst) / "train_aug.txt", Path(args.dst) / "subset_train_aug"))
 
     return run_cli(body)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
+from ..utils import UserError, run_cli
 
 INPUT, OUTPUT = "image", "logits"
 META_PREFIX = "mgd_ssss."
@@ -234,16 +234,14 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
-    return 0
+
+    def body():
+        text = json.dumps(run(args), indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import UserError
+from ..utils import UserError, run_cli
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -227,15 +227,14 @@ def predict_all(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body():
         failures = predict_all(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if failures:
-        print(f"{len(failures)} image(s) could not be read:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+        if failures:
+            print(f"{len(failures)} image(s) could not be read:\n  " + "\n  ".join(failures), file=sys.stderr)
+            return 1
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
