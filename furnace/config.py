@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from easydict import EasyDict
 
-from .utils import UserError
+from .utils import IGNORE_INDEX, UserError
 
 ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
 DEFAULT_OUTPUT_STRIDE = {"resnet18": 16, "mobilenetv2": 32, "resnet101": 16, "wrn50_2": 16}  # the reference's
@@ -41,8 +41,7 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     repository's ``DATA/`` found relative to it and ``output_dir`` is ``./output`` beside it. The
     environment variables ``DATA_ROOT`` and ``OUTPUT_DIR`` take precedence.
     """
-    exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
-    repo = next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
+    exp_dir, repo = _exp_dir_and_repo(exp_file)
     C = EasyDict()
     _experiment_keys(C, exp_dir)
     _data_keys(C, repo)
@@ -52,6 +51,13 @@ def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:
     _logging_keys(C)
     _evaluation_keys(C)
     return C
+
+
+def _exp_dir_and_repo(exp_file) -> tuple[Path, Path]:
+    """The experiment folder (of ``exp_file``, else the working directory) and the repository holding it
+    (the nearest folder above with ``furnace/``; the experiment folder itself when there is none)."""
+    exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
+    return exp_dir, next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
 
 
 def _experiment_keys(C: EasyDict, exp_dir: Path) -> None:
@@ -67,7 +73,7 @@ def _data_keys(C: EasyDict, repo: Path) -> None:
     C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA"))
     C.weight_dir = ""  # ImageNet and teacher files; "" -> <data_root>/model-weight
     C.num_classes = 21
-    C.ignore_index = 255  # the void value in the label files (folder datasets; 255 for the others)
+    C.ignore_index = IGNORE_INDEX  # the void value in the label files (folder datasets; 255 for the others)
     C.labeled_ratio = 8  # 1/N of the training list is labeled: 16, 8, 4 or 2
     C.labeled_list = ""  # "" -> the dataset's standard split for labeled_ratio
     C.unlabeled_list = ""
@@ -215,13 +221,12 @@ def folder_config(exp_file=None) -> EasyDict:
     ``<repo>/DATA/custom``); ``num_classes`` comes from env ``NUM_CLASSES`` or the lines of classes.txt;
     ImageNet and teacher files live in ``<repo>/DATA/model-weight`` (env ``WEIGHT_DIR``)."""
     C = base_config(exp_file)
-    exp_dir = Path(exp_file).resolve().parent if exp_file else Path.cwd()
-    repo = next((p for p in [exp_dir, *exp_dir.parents] if (p / "furnace").is_dir()), exp_dir)
+    _, repo = _exp_dir_and_repo(exp_file)
     C.dataset = "folder"
     C.data_root = os.environ.get("DATA_ROOT", str(repo / "DATA" / "custom"))
     C.weight_dir = os.environ.get("WEIGHT_DIR", str(repo / "DATA" / "model-weight"))
     C.num_classes = int(os.environ.get("NUM_CLASSES") or _count_classes(Path(C.data_root) / "classes.txt") or 2)
-    C.ignore_index = int(os.environ.get("IGNORE_INDEX", 255))
+    C.ignore_index = int(os.environ.get("IGNORE_INDEX", IGNORE_INDEX))
     return C
 
 

@@ -54,9 +54,10 @@ def to_device(batch: dict, device, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, chan
     device = torch.device(device)
     out = {}
     for key, value in batch.items():
-        if not torch.is_tensor(value) or key in BOXES:
-            if not torch.is_tensor(value):
-                out[key] = value
+        if key in BOXES:
+            continue
+        if not torch.is_tensor(value):
+            out[key] = value
             continue
         value = value.to(device, non_blocking=True)
         if key in IMAGES and value.ndim == 4:

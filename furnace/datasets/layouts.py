@@ -187,6 +187,13 @@ def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple
     return names, palette
 
 
+def classes_record(names, palette) -> dict:
+    """``{"class_names", "palette"}`` as files record them (segmentor and ONNX metadata): the names, and
+    one ``[r, g, b]`` list per class."""
+    names = list(names)
+    return {"class_names": names, "palette": np.asarray(palette, np.uint8)[: len(names)].tolist()}
+
+
 def layout_holding(dataset, cfg) -> DatasetLayout:
     """The layout ``dataset`` holds (a :class:`~furnace.datasets.SegDataset`'s ``.layout``); for a dataset
     without one (a stand-in in tests), :func:`layout_of` ``(cfg)``."""

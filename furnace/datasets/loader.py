@@ -77,6 +77,7 @@ class _EpochBatches(Dataset):
         self.need_unlabeled = loader.need_unlabeled
         self.positions = loader.positions
         self.length = loader.iters_per_epoch * loader.accum
+        self.micro_batch = loader.micro_batch
         self.crop = int(self.cfg.crop_size)
         self.scales = list(self.cfg.train_scales)
         self.ignore = loader.layout.ignore_index
@@ -105,7 +106,7 @@ class _EpochBatches(Dataset):
 
     def specs(self) -> dict:
         """``{key: (shape, dtype)}`` of one micro-batch's buffers (images HWC)."""
-        return batch_specs(self.cfg.micro_batch, self.crop, self.label_dtype, unlabeled=self.need_unlabeled)
+        return batch_specs(self.micro_batch, self.crop, self.label_dtype, unlabeled=self.need_unlabeled)
 
     def _build(self, k: int) -> dict:
         positions = self.positions(k)

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.layouts import (LAYOUTS, DatasetLayout, classes_and_palette, colorize, generic_class_names,
-                                layout_holding, layout_of)
+from ..datasets.layouts import (LAYOUTS, DatasetLayout, classes_and_palette, classes_record, colorize,
+                                generic_class_names, layout_holding, layout_of)
 from ..datasets.transforms import normalize
-from ..utils import UserError, raise_item_error, user_error_as_item
+from ..utils import IGNORE_INDEX, UserError, raise_item_error, user_error_as_item
 from . import dist
 from .rng import preserved_cpu_rng
 
@@ -80,9 +80,8 @@ def segmentor_meta(cfg, layout: DatasetLayout | None = None) -> dict:
     settings ``eval`` = {crop, scales, flip}. Names and palette come from ``layout`` (default
     :func:`~furnace.datasets.layouts.layout_of` ``(cfg)``) by :func:`~furnace.datasets.layouts.classes_and_palette`."""
     names, palette = classes_and_palette(layout if layout is not None else layout_of(cfg), cfg.num_classes)
-    return {"dataset": cfg.dataset, "class_names": list(names),
-            "palette": np.asarray(palette, np.uint8)[: len(names)].tolist(),
-            "ignore_index": int(cfg.get("ignore_index", 255)),
+    return {"dataset": cfg.dataset, **classes_record(names, palette),
+            "ignore_index": int(cfg.get("ignore_index", IGNORE_INDEX)),
             "eval": {"crop": int(cfg.eval_crop), "scales": [float(s) for s in cfg.eval_scales],
                      "flip": bool(cfg.eval_flip)}}
 

@@ -41,8 +41,6 @@ _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "num_workers", "log_eve
                  "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name"}
 
 
-
-
 def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
     state = ckpt.load_training_state(path)
     try:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -505,7 +504,7 @@ def official_to_segmentor(state: Dict[str, torch.Tensor], arch: str, num_classes
 def dataset_record(dataset: str, num_classes: int, where: str) -> dict:
     """The ``dataset`` / ``class_names`` / ``palette`` entries of a segmentor file for a known dataset
     (voc, city or cityscapes); UserError when its class count differs from the network's."""
-    from ..datasets.layouts import LAYOUTS
+    from ..datasets.layouts import LAYOUTS, classes_record
 
     key = "city" if dataset == "cityscapes" else dataset
     layout = LAYOUTS.get(key)
@@ -514,8 +513,7 @@ def dataset_record(dataset: str, num_classes: int, where: str) -> dict:
     if layout.num_classes != num_classes:
         raise UserError(f"{where}: the network has {num_classes} classes but --dataset {dataset} has "
                         f"{layout.num_classes}; pick the dataset the checkpoint was trained on")
-    return {"dataset": key, "class_names": list(layout.class_names),
-            "palette": np.asarray(layout.palette, np.uint8)[:num_classes].tolist()}
+    return {"dataset": key, **classes_record(layout.class_names, layout.palette)}
 
 
 def convert_official(src, dst, arch: str, branch: str = "branch1", num_classes: Optional[int] = None,

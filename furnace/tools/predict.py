@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets.layouts import FOLDER_IMAGE_EXTS as IMAGE_EXTS
+from ..datasets.layouts import colorize, read_classes
 from ..utils import UserError, run_cli
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,8 +101,6 @@ def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, names, alp
     pixels first) in the top-left corner."""
     import cv2
 
-    from ..datasets.layouts import colorize
-
     color = colorize(pred, palette).astype(np.float32)
     out = (image.astype(np.float32) * (1 - alpha) + color * alpha).round().astype(np.uint8)
     counts = np.bincount(pred.ravel(), minlength=len(names))[: len(names)]
@@ -125,8 +123,6 @@ def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, names, alp
 def write_outputs(out_dir: Path, name: str, image, pred, palette, names, alpha) -> None:
     import cv2
 
-    from ..datasets.layouts import colorize
-
     for sub, array in (("index", pred), ("color", colorize(pred, palette)[..., ::-1]),
                        ("overlay", overlay(image, pred, palette, names, alpha)[..., ::-1])):
         target = out_dir / sub / f"{name}.png"
@@ -138,8 +134,6 @@ def write_outputs(out_dir: Path, name: str, image, pred, palette, names, alpha) 
 
 
 def _classes_override(path, n: int, names, palette):
-    from ..datasets.layouts import read_classes
-
     new_names, new_palette = read_classes(path)
     if len(new_names) != n:
         raise UserError(f"{path}: lists {len(new_names)} classes but the network predicts {n}; give the classes.txt "
@@ -185,7 +179,7 @@ def build_evaluator(args, meta, names, palette, onnx: bool):
     crop = 0 if args.whole else (args.crop or int(recorded.get("crop", 512)))
     cfg = EasyDict(num_classes=int(meta["num_classes"]), eval_crop=crop, eval_batch=args.batch,
                    eval_scales=args.scales or recorded.get("scales", [1.0]),
-                   eval_flip=recorded.get("flip", False) if args.flip is None else args.flip, amp="none")
+                   eval_flip=recorded.get("flip", False) if args.flip is None else args.flip, eval_amp="none")
     device = "cpu" if onnx else dist.resolve_device(args.device)
     return Evaluator(cfg, device, class_names=names, palette=palette)
 
