@@ -123,16 +123,17 @@ def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
     settings; that result is reused, and a network without one is evaluated here."""
     import torch
 
-    from furnace.config import resolve_config, synthetic_config
+    import furnace.methods  # noqa: F401 (registers the methods a config may name)
+    from furnace.config import prepare, synthetic_config
     from furnace.datasets import build_val_dataset
-    from furnace.engine import Evaluator, evaluate
+    from furnace.engine import Evaluator
     from furnace.engine.checkpoint import eval_settings
     from furnace.models import load_segmentor
 
     cfg = synthetic_config()
     cfg.data_root = str(data_root)
     cfg.eval_crop = size
-    cfg = resolve_config(cfg)
+    cfg = prepare(cfg)
     settings = eval_settings(cfg)
     dataset = build_val_dataset(cfg)
     samples = [dataset[i] for i in range(4)]
@@ -142,7 +143,7 @@ def evaluate_all(paths: dict[str, Path], data_root: Path, size: int):
         net = load_segmentor(path)
         results[key] = stage_result(path, settings)
         if results[key] is None:
-            res = evaluate(net, dataset, cfg, device=torch.device("cpu"))
+            res = evaluator.run(net, dataset)
             results[key] = {"miou": res["miou"], "iou": dict(zip(res["class_names"], res["iou"]))}
         with torch.inference_mode():
             preds[key] = [evaluator.predict(net, s["image"]).argmax(0).numpy().astype(np.uint8) for s in samples]
@@ -205,7 +206,7 @@ def main(argv=None) -> dict:
                         help="stages trained side by side (default: 2, or 1 on a single core)")
     args = parser.parse_args(argv)
 
-    from furnace.datasets.layouts import get_layout
+    from furnace.datasets.layouts import LAYOUTS
     from furnace.datasets.make_synthetic import generate
 
     mode = QUICK if args.quick else FULL
@@ -247,7 +248,7 @@ def main(argv=None) -> dict:
     (out / "results.md").write_text(table + "\n")
     draw_bar_chart(miou, out / "miou.png")
     draw_qualitative(samples, {k: preds[k] for k in ("student_supervised", "student_mgd", "teacher_deep", "teacher_wide")},
-                     get_layout("synthetic"), out / "qualitative.png")
+                     LAYOUTS["synthetic"], out / "qualitative.png")
     print("\n" + table)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'miou.png'}, {out / 'qualitative.png'}")
     return summary

@@ -120,12 +120,12 @@ class ToyMethod(nn.Module):
     ``ready_file`` is created at forward call 3 (the signal test waits for it).
     """
 
-    needs_unlabeled = False
+    uses_unlabeled = False
 
-    def __init__(self, net: ToyNet, nan_at_call: int = 0, ready_file: str = ""):
+    def __init__(self, net: ToyNet, nan_at_call: int = 0, ready_file: str = "", out_dir: str = ""):
         super().__init__()
         self.net = net
-        self.nan_at_call, self.ready_file, self.calls = nan_at_call, ready_file, 0
+        self.nan_at_call, self.ready_file, self.calls, self.out_dir = nan_at_call, ready_file, 0, out_dir
 
     def forward(self, batch):
         self.calls += 1
@@ -141,8 +141,8 @@ class ToyMethod(nn.Module):
     def eval_network(self):
         return self.net
 
-    def on_train_end(self, cfg):
-        Path(cfg.output_dir, "on_train_end.txt").write_text("done\n")
+    def on_train_end(self, layout=None):
+        Path(self.out_dir, "on_train_end.txt").write_text("done\n")
 
 
 # ----------------------------------------------------------------------------- snapshot I/O stand-ins
@@ -172,23 +172,25 @@ def install_toy_snapshot_io():
     checkpoint.load_snapshot = toy_load_snapshot
 
 
-def toy_config(out, **overrides):
-    """A resolved-able config for the toy task (CPU, 3 classes, global batch 4, 2 epochs)."""
-    from furnace.config import synthetic_config
+def toy_config(out, world_size=1, **overrides):
+    """The prepared config of the toy task (CPU, 3 classes, global batch 4, 2 epochs) for ``world_size`` processes."""
+    import furnace.methods  # noqa: F401 (registers the methods a config may name)
+    from furnace.config import prepare, synthetic_config
 
     C = synthetic_config()
     C.update(output_dir=str(out), num_classes=NUM_CLASSES, global_batch=4, epochs=2, check_data=False,
              device="cpu", method="supervised", eval_crop=24, eval_batch=2, num_workers=0, log_every=1,
              tb_images_every=0, lr=0.1, weight_decay=1e-4, seed=0, snapshot_last=1, snapshot_every=0)
     C.update(overrides)
-    return C
+    return prepare(C, world_size=world_size)
 
 
 def build_toy(cfg, *, n_train=16, n_val=5, bn=True, dropout=0.0, nan_at_call=0, ready_file="", delay=0.0,
               ignore=True, rank=0, world_size=1, net_seed=0):
     """(method, loader, val_dataset) for ``cfg`` on this process."""
     torch.manual_seed(net_seed)
-    method = ToyMethod(ToyNet(bn=bn, dropout=dropout), nan_at_call=nan_at_call, ready_file=ready_file)
+    method = ToyMethod(ToyNet(bn=bn, dropout=dropout), nan_at_call=nan_at_call, ready_file=ready_file,
+                       out_dir=cfg.output_dir)
     train_set = ToyDataset(n_train, seed=1, ignore=ignore)
     loader = ToyLoader(train_set, cfg.global_batch, cfg.micro_batch, seed=cfg.seed, rank=rank,
                        world_size=world_size, delay=delay)
@@ -213,7 +215,7 @@ def main(argv=None):
 
     install_toy_snapshot_io()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    cfg = toy_config(args.out, epochs=args.epochs, micro_batch=args.micro_batch)
+    cfg = toy_config(args.out, world, epochs=args.epochs, micro_batch=args.micro_batch)
     method, loader, val = build_toy(cfg, bn=bool(args.bn), delay=args.delay, ready_file=args.ready_file,
                                     rank=rank, world_size=world)
     argv_train = [f"max_iters={args.max_iters}"] + (["--resume", args.resume] if args.resume else [])

@@ -8,7 +8,7 @@ import pytest
 from easydict import EasyDict
 from PIL import Image
 
-from furnace.datasets import SegDataset, get_layout, read_list, split_paths
+from furnace.datasets import LAYOUTS, SegDataset, read_list, split_paths
 from furnace.datasets.lists import detect_list_format
 from furnace.datasets.make_splits import labeled_count, make_splits, write_splits
 from furnace.utils import UserError
@@ -43,7 +43,7 @@ def voc_fixture(root: Path, train_ids=("a", "b"), val_ids=("v",), size=(20, 30))
 
 
 def test_layouts_classes_palettes_and_unknown_name():
-    voc, city, syn = get_layout("voc"), get_layout("city"), get_layout("synthetic")
+    voc, city, syn = LAYOUTS["voc"], LAYOUTS["city"], LAYOUTS["synthetic"]
     assert (voc.num_classes, city.num_classes, syn.num_classes) == (21, 19, 7)
     assert (voc.dir_name, city.dir_name, syn.dir_name) == ("pascal_voc", "city", "synthetic")
     assert voc.palette.shape == (21, 3) and voc.palette.dtype == np.uint8
@@ -55,8 +55,10 @@ def test_layouts_classes_palettes_and_unknown_name():
     assert city.class_names[0] == "road" and city.class_names[18] == "bicycle"
     assert len({tuple(c) for c in syn.palette}) == 7
     assert voc.ignore_index == city.ignore_index == 255
-    with pytest.raises(UserError, match="unknown"):
-        get_layout("coco")
+    from furnace.config import prepare, voc_config
+
+    with pytest.raises(UserError, match="dataset='coco' is not one of voc, city, synthetic, folder"):
+        prepare(voc_config(), ["dataset=coco"])
 
 
 def test_split_paths_standard_and_overrides(tmp_path):
@@ -126,7 +128,7 @@ def test_missing_list_is_named(tmp_path):
 
 def test_voc_dataset_resolves_train_aug_and_val_and_reads_rgb(tmp_path):
     root = voc_fixture(tmp_path / "pascal_voc")
-    layout = get_layout("voc")
+    layout = LAYOUTS["voc"]
     train = SegDataset(layout, root, root / "train_aug.txt")
     val = SegDataset(layout, root, root / "val.txt")
     assert len(train) == 2 and len(val) == 1 and train.split == "train" and val.split == "val"
@@ -148,7 +150,7 @@ def test_city_dataset_reads_pair_lists(tmp_path):
     (root / "config_new/train.txt").write_text(
         "/images/train/x_000000_000019.png\t/segmentation/train/x_000000_000019_gtFine.png\n"
     )
-    ds = SegDataset(get_layout("city"), root, root / "config_new/train.txt")
+    ds = SegDataset(LAYOUTS["city"], root, root / "config_new/train.txt")
     sample = ds[0]
     assert sample["name"] == "x_000000_000019" and sample["label"].max() == 18 and sample["image"].shape == (8, 16, 3)
 
@@ -158,7 +160,7 @@ def _corrupt(root, kind):
     image = root / "train_aug/image/a.jpg"
     if kind == "palette":
         img = Image.fromarray(np.zeros((20, 30), np.uint8), mode="P")
-        img.putpalette(get_layout("voc").palette.ravel().tolist())
+        img.putpalette(LAYOUTS["voc"].palette.ravel().tolist())
         img.save(label)
         return label, "palette.*prepare_voc"
     if kind == "rgb":
@@ -183,7 +185,7 @@ def _corrupt(root, kind):
 def test_bad_sample_raises_user_error_naming_file(tmp_path, kind):
     root = voc_fixture(tmp_path / "pascal_voc")
     path, match = _corrupt(root, kind)
-    ds = SegDataset(get_layout("voc"), root, root / "train_aug.txt")
+    ds = SegDataset(LAYOUTS["voc"], root, root / "train_aug.txt")
     with pytest.raises(UserError, match=match) as err:
         ds[0]
     assert str(path) in str(err.value)

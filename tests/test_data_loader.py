@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from furnace.config import resolve_config, synthetic_config
+import furnace.methods  # noqa: F401 (registers the methods a config may name)
+from furnace.config import prepare, synthetic_config
 from furnace.datasets.dataset import read_image
 from furnace.datasets import SegDataset, TrainLoader, build_val_dataset, check_dataset
 from furnace.datasets import to_device
 from furnace.datasets.batch import (BOX_OF, BOXES, IMAGE_L, IMAGE_U0, IMAGE_U1, IMAGES, LABEL_L, LABELED_KEYS,
                                     MASK_MIX, synthetic_batch)
-from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, _EpochBatches, sample_rng, stream_order
+from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1, _Epoch, sample_rng, stream_order
 from furnace.datasets.transforms import train_transform
 from furnace.datasets.make_synthetic import generate
 from furnace.utils import UserError
@@ -46,7 +47,7 @@ def make_cfg(data_root, world_size=1, **overrides):
         seed=7,
     )
     C.update(overrides)
-    return resolve_config(C, world_size)
+    return prepare(C, world_size=world_size)
 
 
 def collect(iterable):
@@ -64,9 +65,8 @@ def assert_same_batches(a, b):
 def test_batch_contents(data_root):
     loader = TrainLoader(make_cfg(data_root, micro_batch=2))
     assert (loader.n_labeled, loader.n_unlabeled, loader.iters_per_epoch, loader.accum) == (8, 32, 8, 2)
-    batches = loader.epoch(0)
-    assert len(batches) == 16
-    batch = next(iter(batches))
+    assert len(loader) == 16 and len(list(loader.epoch(0))) == 16 and len(list(loader.epoch(0, start_iter=5))) == 6
+    batch = next(loader.epoch(0))
     assert set(batch) == {"image_l", "label_l", "image_u0", "image_u1", "mask_mix", "valid_l", "valid_u0", "valid_u1"}
     assert batch["image_l"].shape == batch["image_u0"].shape == batch["image_u1"].shape == (2, 3, CROP, CROP)
     # workers do no float work: uint8 images (a channels-last view), labels and mask
@@ -108,7 +108,7 @@ def test_device_normalisation_is_bit_identical_to_the_cpu_transform(data_root):
     """uint8 loader + to_device == the all-CPU float transform (normalise, then pad with 0)."""
     cfg = make_cfg(data_root, micro_batch=4, train_scales=[0.5, 0.75, 1.0, 1.5])
     loader = TrainLoader(cfg)
-    batches = _EpochBatches(loader, 0, loader.orders(0))
+    batches = _Epoch(loader, 0)
     padded = 0
     for k in range(4):
         raw = batches[k]

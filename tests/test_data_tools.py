@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from furnace.datasets import SegDataset, get_layout, read_list
+from furnace.datasets import LAYOUTS, SegDataset, read_list
 from furnace.datasets import check as check_tool
 from furnace.datasets import make_splits as make_splits_tool
 from furnace.datasets import make_synthetic as synthetic_tool
@@ -104,7 +104,7 @@ def test_make_synthetic_is_deterministic_and_valid(synthetic_root, tmp_path):
     assert (other / "train_aug/image/train_00000.jpg").read_bytes() != (
         again / "train_aug/image/train_00000.jpg"
     ).read_bytes()
-    ds = SegDataset(get_layout("synthetic"), synthetic_root, synthetic_root / "train_aug.txt")
+    ds = SegDataset(LAYOUTS["synthetic"], synthetic_root, synthetic_root / "train_aug.txt")
     values = set()
     for i in range(len(ds)):
         values |= set(np.unique(ds[i]["label"]).tolist())
@@ -115,7 +115,7 @@ def test_synthetic_classes_are_texture_and_polarity():
     """A *_dark class is a thin dark pattern on a lighter base, a *_light class the reverse: inside an object
     the minority tone (the pattern) is the darker, resp. the lighter one. (Grid lines cover up to half of
     an object, so grids are left out of this pixel count.)"""
-    layout = get_layout("synthetic")
+    layout = LAYOUTS["synthetic"]
     grids = {layout.class_names.index("grid_dark"), layout.class_names.index("grid_light")}
     seen = set()
     for index in range(40):
@@ -266,7 +266,7 @@ def test_prepare_cityscapes_fixture_maps_void_ids_to_255(tmp_path):
     assert read_list(dst / "config_new/val.txt", "pairs") == [
         "/images/val/lindau_000000_000019.png\t/segmentation/val/lindau_000000_000019_gtFine.png"
     ]
-    assert np.array_equal(SegDataset(get_layout("city"), dst, dst / "config_new/train.txt")[0]["label"], expected)
+    assert np.array_equal(SegDataset(LAYOUTS["city"], dst, dst / "config_new/train.txt")[0]["label"], expected)
 
 
 def test_prepare_cityscapes_on_the_real_sample(tmp_path):
@@ -276,7 +276,7 @@ def test_prepare_cityscapes_on_the_real_sample(tmp_path):
     assert city_tool.prepare_cityscapes(CITY_SAMPLE, dst, splits=("train",), workers=0, progress=False) == {"train": 8}
     entries = read_list(dst / "config_new/train.txt", "pairs")
     assert entries[0] == "/images/train/aachen_000000_000019.png\t/segmentation/train/aachen_000000_000019_gtFine.png"
-    ds = SegDataset(get_layout("city"), dst, dst / "config_new/train.txt")
+    ds = SegDataset(LAYOUTS["city"], dst, dst / "config_new/train.txt")
     sample = ds[0]
     assert sample["image"].shape == (1024, 2048, 3) and sample["label"].shape == (1024, 2048)
     source = cv2.imread(
@@ -294,7 +294,7 @@ def test_prepare_cityscapes_on_the_real_sample(tmp_path):
 
 
 def test_measure_loader_reports_throughput(synthetic_root):
-    from furnace.config import resolve_config, synthetic_config
+    from furnace.config import prepare, synthetic_config
     from furnace.tools.bench_data import measure_loader
 
     cfg = synthetic_config()
@@ -306,18 +306,18 @@ def test_measure_loader_reports_throughput(synthetic_root):
         labeled_ratio=2,
         num_workers=0,
     )
-    result = measure_loader(resolve_config(cfg), num_batches=3, warmup=1)
+    result = measure_loader(prepare(cfg), num_batches=3, warmup=1)
     assert result["samples_per_s"] > 0 and result["micro_batch"] == 2 and result["batches"] == 3
 
 
 def test_bench_data_reports_the_decode_floor_and_the_ratio(synthetic_root):
-    from furnace.config import resolve_config, synthetic_config
+    from furnace.config import prepare, synthetic_config
     from furnace.tools.bench_data import measure_with_floor
 
     cfg = synthetic_config()
     cfg.update(data_root=str(synthetic_root.parent), num_classes=7, crop_size=32, global_batch=2,
                labeled_ratio=2, num_workers=0)
-    result = measure_with_floor(resolve_config(cfg), num_batches=2, repeats=2, need_unlabeled=True)
+    result = measure_with_floor(prepare(cfg), num_batches=2, repeats=2, need_unlabeled=True)
     assert result["decode_floor_samples_per_s"] > 0 and len(result["runs_decode_floor"]) == 2
     assert result["ratio_to_decode_floor"] == pytest.approx(
         result["samples_per_s_per_worker"] / result["decode_floor_samples_per_s"], abs=1e-3)

@@ -15,7 +15,7 @@ import torch
 from furnace.datasets.layouts import CITY_COLORS, CITY_CLASSES, VOC_CLASSES
 from furnace.models import read_segmentor_meta, save_segmentor
 from furnace.models.weights import dataset_record
-from furnace.models.deeplabv3plus import build_network
+from furnace.models import DeepLabV3Plus
 from furnace.tools.export import OrtNetwork, check_agreement, compare, export_onnx, onnx_meta
 from furnace.utils import UserError
 
@@ -31,7 +31,7 @@ def run(args, timeout=600):
 
 def segmentor(path, arch="resnet18", num_classes=7, seed=0, extra=None, **options):
     torch.manual_seed(seed)
-    net = build_network(arch, num_classes, **options).eval()
+    net = DeepLabV3Plus.from_arch(arch, num_classes, **options).eval()
     save_segmentor(net, path, extra=extra)
     return net
 
@@ -40,7 +40,7 @@ def segmentor(path, arch="resnet18", num_classes=7, seed=0, extra=None, **option
 def test_onnx_runtime_matches_pytorch(tmp_path, arch):
     """Both students and both teachers at full width, random weights, eval mode; batch, H and W dynamic."""
     torch.manual_seed(0)
-    net = build_network(arch, 21).eval()
+    net = DeepLabV3Plus.from_arch(arch, 21).eval()
     for m in net.modules():  # BN statistics away from (0, 1), so that folding them is exercised
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)

@@ -14,7 +14,8 @@ import torch
 from engine_toy import build_toy, toy_config, toy_load_snapshot
 
 from furnace.engine import checkpoint as ckpt
-from furnace.engine import evaluate, train
+from furnace.engine import Evaluator
+from furnace.run import train
 
 TOY = str(Path(__file__).with_name("engine_toy.py"))
 
@@ -51,7 +52,7 @@ def test_two_process_torchrun_matches_a_single_process(tmp_path, toy_snapshot_io
         torch.testing.assert_close(ddp_net.state_dict()[k], v, atol=1e-6, rtol=1e-5)
 
     # evaluation sharded over 2 processes == evaluation of the same network in one process
-    conf_single = evaluate(ddp_net, val, cfg, device="cpu")["confusion"]
+    conf_single = Evaluator(cfg, "cpu").run(ddp_net, val)["confusion"]
     np.testing.assert_array_equal(np.array(ddp["confusion"]), conf_single)
     np.testing.assert_array_equal(np.array(ddp["confusion"]), single["eval"]["confusion"])
     assert conf_single.sum() == sum(int((item["label"] < 3).sum()) for item in val.items)
@@ -69,7 +70,7 @@ def test_two_process_run_with_batchnorm_evaluates_the_network_it_saves(tmp_path,
     assert rank0 and rank0 == rank1
     val = build_toy(toy_config(tmp_path))[2]
     snapshot = toy_load_snapshot(out / "checkpoints" / "epoch-1.pth")
-    conf_single = evaluate(snapshot, val, toy_config(tmp_path), device="cpu")["confusion"]
+    conf_single = Evaluator(toy_config(tmp_path), "cpu").run(snapshot, val)["confusion"]
     np.testing.assert_array_equal(np.array(ddp["confusion"]), conf_single)
     assert ddp["eval_main"]["miou"] == pytest.approx(ddp["miou"])
 

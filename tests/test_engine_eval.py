@@ -8,9 +8,9 @@ from torch import nn
 
 from engine_toy import PALETTE, ToyNet, toy_config
 
-from furnace.config import IMAGENET_MEAN, IMAGENET_STD
+from furnace.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from furnace.datasets.transforms import normalize
-from furnace.engine import Evaluator, evaluate, format_results, sliding_windows
+from furnace.engine import Evaluator, format_results, sliding_windows
 from furnace.engine.evaluator import center_pad, window_stride
 
 
@@ -128,11 +128,11 @@ def test_evaluation_precision_follows_eval_amp_not_amp():
 
 
 def test_eval_amp_is_validated():
-    from furnace.config import resolve_config
+    from furnace.config import prepare
     from furnace.utils import UserError
 
     with pytest.raises(UserError, match=r"eval_amp='fp32' is not one of none, bf16, fp16"):
-        resolve_config(toy_config("unused", eval_amp="fp32"))
+        prepare(toy_config("unused", eval_amp="fp32"))
 
 
 class OracleNet(nn.Module):
@@ -193,7 +193,7 @@ def test_miou_equals_an_independent_reference_with_absent_classes_and_ignore_pix
     rng = np.random.RandomState(3)
     dataset, preds = hand_built_set(rng, [(30, 40), (50, 20), (16, 16)])
     cfg = toy_config(tmp_path, num_classes=5, eval_crop=24, eval_batch=4)
-    res = evaluate(OracleNet(), dataset, cfg, device="cpu")
+    res = Evaluator(cfg, "cpu").run(OracleNet(), dataset)
     ious, miou, acc = reference_metrics(preds, [d["label"] for d in dataset.items], 5)
     assert math.isnan(res["iou"][3]) and math.isnan(ious[3])
     assert res["iou"][4] == 0.0  # predicted but never in ground truth: counts, IoU 0
@@ -239,6 +239,6 @@ def test_evaluation_restores_train_mode_and_global_random_state(tmp_path):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    evaluate(net, ToyDataset(2, seed=0), cfg, device="cpu")
+    Evaluator(cfg, "cpu").run(net, ToyDataset(2, seed=0))
     assert net.training and net.norm.training
     torch.testing.assert_close(torch.rand(3), expected)

@@ -7,7 +7,7 @@ from engine_toy import build_toy, toy_config, toy_load_snapshot
 
 from furnace.engine import checkpoint as ckpt
 from furnace.engine import rng
-from furnace.engine import train
+from furnace.run import train
 from furnace.engine.optim import build_optimizer, param_groups, poly_lr
 from furnace.utils import UserError, safe_load
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from furnace.config import resolve_config
+import furnace.methods  # noqa: F401 (registers the methods a config may name)
+from furnace.config import METHODS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 # (folder, method, arch, lr, weight decay, global batch, λ1, λ2) — SPEC §6-§7
@@ -29,7 +30,7 @@ def load(folder: str):
                          ids=[p[0].split("/")[1] for p in PAPER])
 def test_paper_experiment_configs_state_the_papers_recipe(folder, method, arch, lr, wd, batch, lambda_image,
                                                           lambda_region):
-    C = resolve_config(load(folder))
+    C = prepare(load(folder))
     voc = C.dataset == "voc"
     assert (C.method, C.arch, C.labeled_ratio) == (method, arch, 8)
     assert (C.lr, C.weight_decay, C.global_batch, C.momentum, C.lr_power) == (lr, wd, batch, 0.9, 0.9)
@@ -46,12 +47,14 @@ def test_paper_experiment_configs_state_the_papers_recipe(folder, method, arch, 
         assert C.teacher_wide.endswith(f"teachers/{C.dataset}_1-8_wrn50_2.pth")
 
 
-def test_every_experiment_folder_resolves_and_names_its_recipe_values():
+def test_every_experiment_folder_prepares_and_names_its_recipe_values():
     folders = sorted(p.parent for p in REPO.glob("exp.*/*/config.py"))
-    assert len(folders) == 16
+    assert {REPO / p[0] for p in PAPER} <= set(folders)
     for folder in folders:
+        assert all((folder / f).is_file() for f in ("train.py", "eval.py", "script.sh")), folder.name
         text = (folder / "config.py").read_text()
-        C = resolve_config(load(str(folder.relative_to(REPO))))
-        assert C.exp_name == folder.name and C.epochs > 0
+        C = load(str(folder.relative_to(REPO)))
+        C = prepare(C, ["num_classes=5"] if C.dataset == "folder" else [])  # a folder dataset's count is its own
+        assert C.exp_name == folder.name and C.epochs > 0 and C.method in METHODS
         for key in ("labeled_ratio", "method", "arch", "lr", "epochs_per_ratio"):  # the recipe at a glance
             assert f"\nC.{key} = " in text, (folder.name, key)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from furnace.config import resolve_config, synthetic_config
+from furnace.config import METHODS, prepare, synthetic_config
 from furnace.datasets import TrainLoader, build_val_dataset, to_device
 from furnace.datasets.make_synthetic import generate
 from furnace.run import train_main
-from furnace.engine.evaluator import evaluate
+from furnace.engine.evaluator import Evaluator
 from furnace.methods import build_method
 from furnace.models import build_model
 from furnace.tools.bench_mgd import mgd_step_bench
@@ -42,21 +42,21 @@ def tiny_cfg(data_root, out, teachers=None, **overrides):
     C = synthetic_config()
     C.update(TINY)
     C.update(data_root=str(data_root), output_dir=str(out), **overrides)
-    if C.method == "mgd":
-        C.update(teachers)
+    if METHODS[C.method].teachers:
+        C.update({key: teachers[key] for key in METHODS[C.method].teachers})
     return C
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-@pytest.mark.parametrize("method_name", ["supervised", "cps", "mgd"])
+@pytest.mark.parametrize("method_name", sorted(METHODS))
 def test_methods_learn_under_autocast_on_the_gpu(data_root, teachers, tmp_path, method_name, amp):
     """A few iterations on one synthetic batch (uint8 from the loader, normalised on the GPU): every loss
     finite, the total falling; fp16 through a GradScaler as the trainer does."""
-    cfg = resolve_config(tiny_cfg(data_root, tmp_path, teachers, method=method_name, amp=amp))
+    cfg = prepare(tiny_cfg(data_root, tmp_path, teachers, method=method_name, amp=amp))
     device = torch.device("cuda")
     torch.manual_seed(0)
-    method = build_method(cfg).to(device).train()
-    loader = TrainLoader(cfg, need_unlabeled=getattr(method, "needs_unlabeled", True))
+    method = build_method(cfg, device).to(device).train()
+    loader = TrainLoader(cfg, need_unlabeled=method.uses_unlabeled)
     batch = to_device(next(iter(loader.epoch(0))), device)
     assert batch["image_l"].is_cuda and batch["image_l"].dtype == torch.float32
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -94,13 +94,13 @@ def test_batched_teacher_pass_equals_the_reference_on_the_gpu():
 
 
 def test_gpu_evaluation_equals_cpu_evaluation(data_root, tmp_path):
-    cfg = resolve_config(tiny_cfg(data_root, tmp_path, method="supervised", amp="none"))
+    cfg = prepare(tiny_cfg(data_root, tmp_path, method="supervised", amp="none"))
     torch.manual_seed(0)
     net = build_model("resnet18", 7, width_mult=0.125, head_channels=16, verbose=False).eval()
     dataset = build_val_dataset(cfg)
     with no_tf32():
-        on_gpu = evaluate(net.to("cuda"), dataset, cfg, device=torch.device("cuda"))
-    on_cpu = evaluate(net.to("cpu"), dataset, cfg, device=torch.device("cpu"))
+        on_gpu = Evaluator(cfg, "cuda").run(net.to("cuda"), dataset)
+    on_cpu = Evaluator(cfg, "cpu").run(net.to("cpu"), dataset)
     assert on_gpu["miou"] == pytest.approx(on_cpu["miou"], abs=1e-4)
     assert on_gpu["iou"] == pytest.approx(on_cpu["iou"], abs=1e-3)
 

@@ -7,12 +7,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from furnace.tools import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_NAMES = ["environment", "install", "gpu_tests", "benchmark", "pipeline"]
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_writes_every_step_into_out(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), OMP_NUM_THREADS="1")

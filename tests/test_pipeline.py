@@ -20,7 +20,7 @@ def test_synthetic_pipeline_quick_runs_every_stage_and_skips_them_on_rerun(tmp_p
     results = json.loads((out / "results.json").read_text())
     expected = {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
     assert set(results["miou"]) == expected
-    assert all(0.0 <= v <= 100.0 for v in results["miou"].values())
+    assert len(set(results["miou"].values())) == len(expected)  # five different networks, each evaluated
     assert expected <= set(results["seconds"])
     # each stage's run evaluated its final network on the val set; the table reports those evaluations
     for key in expected:

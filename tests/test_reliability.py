@@ -294,8 +294,11 @@ def _case_config(case, data, out, teachers, monkeypatch):
                                                                    "num_classes=7"]
     if case == "labeled_ratio without split lists":
         lst = data / "synthetic/subset_train_aug/train_aug_labeled_1-32.txt"
-        return cfg, ["labeled_ratio=32", "epochs=0"], [str(lst), "not found", "furnace.datasets.make_splits",
-                                                       "--ratios 32", "1/16, 1/8, 1/4, 1/2"]
+        return cfg, ["labeled_ratio=32"], [str(lst), "not found", "furnace.datasets.make_splits",
+                                           "--ratios 32", "1/16, 1/8, 1/4, 1/2"]
+    if case == "labeled_ratio without an epoch count":
+        return cfg, ["labeled_ratio=32", "epochs=0"], ["labeled_ratio=32 has no entry in epochs_per_ratio",
+                                                       "set epochs=<N>"]
     if case == "global batch over the processes":
         # as under torchrun with 2 processes: the error comes before joining the process group
         monkeypatch.setenv("WORLD_SIZE", "2")
@@ -307,7 +310,7 @@ def _case_config(case, data, out, teachers, monkeypatch):
 
 BAD_CONFIG = ["unknown key on the command line", "unknown key in config.py", "wrong type", "wrong choice",
               "missing teacher file", "teacher of another architecture", "teacher of another class count",
-              "labeled_ratio without split lists", "global batch over the processes", "not KEY=VALUE"]
+              "labeled_ratio without split lists", "labeled_ratio without an epoch count", "global batch over the processes", "not KEY=VALUE"]
 
 
 @pytest.mark.parametrize("case", BAD_CONFIG)
@@ -669,11 +672,9 @@ def test_full_disk_while_logging_turns_the_logs_off_and_training_goes_on(workspa
     monkeypatch.undo()
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 2, err
-    assert any(line.startswith(f"warning: {out / 'again' / 'log.txt'}: writing the log failed (OSError: "
-                               "[Errno 28] No space left on device)") for line in warnings), warnings
-    assert any(line.startswith(f"warning: {out / 'again' / 'tb'}: writing the log failed") for line in warnings)
-    assert all("training goes on" in line for line in warnings)
+    assert len(warnings) == 1 and "training goes on" in warnings[0], err
+    assert warnings[0].startswith(f"warning: {out / 'again' / 'log.txt'}: writing the log failed (OSError: "
+                                  "[Errno 28] No space left on device)"), warnings
     state = ckpt.load_training_state(out / "again" / "checkpoints" / "latest.pth")
-    assert state["global_iter"] == 10 and result["miou"] >= 0
+    assert state["global_iter"] == 10 and result["status"] == "finished" and 0 < result["miou"] <= 1
     assert 0 < (out / "again" / "log.txt").stat().st_size <= room

@@ -12,9 +12,9 @@ Override anything on the command line: `python train.py KEY=VALUE`.
 from furnace.config import folder_config
 
 C = config = folder_config(__file__)
-# C.data_root = "/path/to/mydata"  # default: env DATA_ROOT, else DATA/custom of this repository
-# C.num_classes = 5  # default: env NUM_CLASSES, else the lines of <data_root>/classes.txt
-# C.ignore_index = 255  # the void value in your label PNGs (>= num_classes); default: env IGNORE_INDEX, else 255
+# C.data_root = "/path/to/mydata"  # default DATA/custom of this repository (env DATA_ROOT overrides)
+# C.num_classes = 5  # default 0: the lines of <data_root>/classes.txt (env NUM_CLASSES overrides)
+# C.ignore_index = 255  # the void value in your label PNGs (>= num_classes; env IGNORE_INDEX overrides)
 C.labeled_ratio = 8  # 1/N labeled: selects splits/train_{labeled,unlabeled}_1-N.txt, epochs, teacher files
 C.method = "cps"
 C.arch = "wrn50_2"  # ImageNet weights: <WEIGHT_DIR, default DATA/model-weight>/wrn50_2.pth

@@ -12,8 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source ../../tools/launch.sh
-export DATA_ROOT="${DATA_ROOT:-../../DATA/custom}"
-export OUTPUT_DIR="${OUTPUT_DIR:-./output}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 
 launch train.py --resume auto "$@"

@@ -11,7 +11,5 @@ C.labeled_ratio = 8
 C.method = "cps"
 C.arch = "resnet101"
 C.epochs_per_ratio = {"16": 12, "8": 12, "4": 14, "2": 20}  # longer than the students (see README)
-# From scratch, 416 iterations (a supervised ResNet-18 on the earlier data): 0.03 beat 0.01 (46 vs 40 mIoU)
-# and 0.06-0.2 (36-38).
-C.lr = 0.03
+C.lr = 0.03  # the best of 0.01-0.2 from scratch (docs/notes.md)
 C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet101.pth (what the students load)

@@ -6,8 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source ../../tools/launch.sh
-export DATA_ROOT="${DATA_ROOT:-../../DATA}"
-export OUTPUT_DIR="${OUTPUT_DIR:-./output}"
 
 launch train.py --resume auto "$@"
 launch_local eval.py -e last "$@"

@@ -5,12 +5,13 @@ the training loader. Tools run as ``python -m furnace.datasets.<tool>``: ``prepa
 from .cutmix import box_mask
 from .dataset import SegDataset, read_image, read_label
 from .device import to_device
-from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
+from .layouts import LAYOUTS, DatasetLayout, dataset_dir, folder_layout, layout_of
 from .lists import read_list, split_paths
 from .loader import TrainLoader, build_val_dataset
 from .transforms import normalize, train_transform
 
 __all__ = [
+    "LAYOUTS",
     "DatasetLayout",
     "SegDataset",
     "TrainLoader",
@@ -19,7 +20,6 @@ __all__ = [
     "check_dataset",
     "dataset_dir",
     "folder_layout",
-    "get_layout",
     "layout_of",
     "normalize",
     "read_image",

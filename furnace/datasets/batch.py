@@ -20,6 +20,8 @@ A labeled-only batch (the supervised baseline) holds :data:`LABELED_KEYS` only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..utils import IGNORE_INDEX
@@ -53,6 +55,18 @@ def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, 
     if unlabeled:
         specs[MASK_MIX] = ((n, 1, c, c), torch.uint8)
     return specs
+
+
+def allocate(specs: dict) -> dict:
+    """Fresh tensors ``{key: (shape, dtype)}`` carved from one buffer (one shared-memory segment when a
+    loader worker hands the batch over)."""
+    sizes = {key: math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for key, (shape, dtype) in specs.items()}
+    offsets, total = {}, 0
+    for key, size in sizes.items():
+        offsets[key], total = total, total + -(-size // 8) * 8  # 8-byte aligned
+    buffer = torch.empty(total, dtype=torch.uint8)
+    return {key: buffer[offsets[key]:offsets[key] + sizes[key]].view(dtype).view(shape)
+            for key, (shape, dtype) in specs.items()}
 
 
 def as_batch(buffers: dict) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 from ..utils import UserError, run_cli
 from ._util import default_workers, progress_map
 from .dataset import read_image, read_label
-from .layouts import DatasetLayout, dataset_dir, folder_layout, get_layout, layout_of
+from .layouts import LAYOUTS, DatasetLayout, dataset_dir, folder_layout, layout_of
 from .lists import read_list, require_split_lists
 from .make_splits import DEFAULT_RATIOS
 
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
 def _check_command(args) -> int:
     """The check CLI after parsing: 1 when the dataset has problems (each printed), 0 when it is fine."""
     layout = (folder_layout(args.root, args.num_classes, args.ignore_index) if args.dataset == "folder"
-              else get_layout(args.dataset))
+              else LAYOUTS[args.dataset])
     root = Path(args.root)
     if not (root / layout.train_list).exists() and (root / layout.dir_name / layout.train_list).exists():
         root = root / layout.dir_name

@@ -194,13 +194,6 @@ def classes_record(names, palette) -> dict:
     return {"class_names": names, "palette": np.asarray(palette, np.uint8)[: len(names)].tolist()}
 
 
-def layout_holding(dataset, cfg) -> DatasetLayout:
-    """The layout ``dataset`` holds (a :class:`~furnace.datasets.SegDataset`'s ``.layout``); for a dataset
-    without one (a stand-in in tests), :func:`layout_of` ``(cfg)``."""
-    layout = getattr(dataset, "layout", None)
-    return layout if layout is not None else layout_of(cfg)
-
-
 _VOC_LIKE = dict(
     list_format="ids",
     train_list="train_aug.txt",
@@ -243,32 +236,18 @@ LAYOUTS = {
 }
 
 
-def get_layout(name: str) -> DatasetLayout:
-    """The layout of dataset ``name`` (voc | city | synthetic); UserError for any other name.
-    A ``folder`` dataset's layout depends on its files: :func:`folder_layout` / :func:`layout_of`."""
-    if name == "folder":
-        raise UserError("dataset 'folder' has no fixed layout; it is read from the dataset root "
-                        "(furnace.datasets.layouts.folder_layout(root) or layout_of(cfg))")
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise UserError(f"dataset {name!r} is unknown; choose one of {', '.join(LAYOUTS)}, folder") from None
-
-
 def layout_of(cfg) -> DatasetLayout:
-    """The layout ``cfg`` trains and evaluates with: a fixed one for voc / city / synthetic, for ``folder``
-    the one read from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
+    """The layout ``cfg`` trains and evaluates with: ``LAYOUTS[cfg.dataset]`` for voc / city / synthetic,
+    for ``folder`` the one read from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
     if cfg.dataset == "folder":
-        return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.get("ignore_index", IGNORE_INDEX)))
-    return get_layout(cfg.dataset)
+        return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.ignore_index))
+    return LAYOUTS[cfg.dataset]
 
 
 def dataset_dir(cfg) -> Path:
     """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into (a ``folder``
     dataset: ``data_root`` itself)."""
-    if cfg.dataset == "folder":
-        return Path(cfg.data_root)
-    return Path(cfg.data_root) / get_layout(cfg.dataset).dir_name
+    return Path(cfg.data_root) / ("" if cfg.dataset == "folder" else LAYOUTS[cfg.dataset].dir_name)
 
 
 # ----------------------------------------------------------------------------- your own data: "folder"

@@ -27,19 +27,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import batch_split
 from ..utils import UserError, raise_item_error, user_error_as_item
-from .batch import BOX_OF, IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX, as_batch, batch_specs, label_dtype
+from .batch import BOX_OF, IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX, allocate, as_batch, batch_specs, label_dtype
 from .cutmix import box_mask_from_cfg
 from .dataset import SegDataset
 from .layouts import dataset_dir, layout_of
 from .lists import read_list, require_split_lists, split_paths
-from .slots import SlotRing, allocate
 from .transforms import augment
 
 _FORK = "fork" if sys.platform.startswith("linux") else None
 STREAM_LABELED, STREAM_U0, STREAM_U1, STREAM_MASK = 0, 1, 2, 3
 _TAG_ORDER, _TAG_SAMPLE = 0x0D3E, 0x5A17  # keep order and per-sample seeds apart
-_SLOT_KEY = "__slot__"
-_PREFETCH = 2  # micro-batches each worker prepares ahead
 
 
 def _entropy(seed) -> int:
@@ -65,84 +62,38 @@ def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.G
     )
 
 
-class _EpochBatches(Dataset):
-    """Micro-batch ``k`` of one process's epoch (map-style, so workers can take any ``k``)."""
+class _Epoch(Dataset):
+    """Micro-batch ``k`` of one process's epoch (map-style, so any worker can build any ``k``); a UserError
+    (a bad file) comes back as an item, to be re-raised with its message intact."""
 
-    def __init__(self, loader: "TrainLoader", epoch: int, orders: dict, ring: SlotRing | None = None):
-        self.cfg = loader.cfg
-        self.ring = ring  # with workers: micro-batches travel through shared slots
-        self.epoch = epoch
-        self.orders = orders
-        self.labeled, self.unlabeled = loader.labeled, loader.unlabeled
-        self.need_unlabeled = loader.need_unlabeled
-        self.positions = loader.positions
-        self.length = loader.iters_per_epoch * loader.accum
-        self.micro_batch = loader.micro_batch
-        self.crop = int(self.cfg.crop_size)
-        self.scales = list(self.cfg.train_scales)
-        self.ignore = loader.layout.ignore_index
-        self.label_dtype = label_dtype(loader.layout.num_classes, self.ignore)
+    def __init__(self, loader: "TrainLoader", epoch: int):
+        self.loader, self.epoch, self.orders = loader, epoch, loader.orders(epoch)
 
     def __len__(self) -> int:
-        return self.length
-
-    def _augment(self, dataset, stream: int, position: int, out: np.ndarray, out_label: np.ndarray | None):
-        sample = dataset[int(self.orders[stream][position])]
-        rng = sample_rng(self.cfg.seed, self.epoch, position, stream)
-        _, _, valid = augment(
-            sample["image"],
-            sample.get("label") if out_label is not None else None,
-            rng,
-            crop_size=self.crop,
-            scales=self.scales,
-            ignore_index=self.ignore,
-            out=out,
-            out_label=out_label,
-        )
-        return valid
+        return self.loader.iters_per_epoch * self.loader.accum
 
     def __getitem__(self, k: int) -> dict:
-        return user_error_as_item(self._build, k)  # _EpochIterator re-raises it unchanged
-
-    def specs(self) -> dict:
-        """``{key: (shape, dtype)}`` of one micro-batch's buffers (images HWC)."""
-        return batch_specs(self.micro_batch, self.crop, self.label_dtype, unlabeled=self.need_unlabeled)
+        return user_error_as_item(self._build, k)
 
     def _build(self, k: int) -> dict:
-        positions = self.positions(k)
-        c = self.crop
-        streams = [(IMAGE_L, self.labeled, STREAM_LABELED)]
-        if self.need_unlabeled:
-            streams += [(IMAGE_U0, self.unlabeled, STREAM_U0), (IMAGE_U1, self.unlabeled, STREAM_U1)]
-        buffers = allocate(self.specs()) if self.ring is None else self.ring.acquire(k)
+        loader, cfg = self.loader, self.loader.cfg
+        streams = [(IMAGE_L, loader.labeled, STREAM_LABELED)]
+        if loader.need_unlabeled:
+            streams += [(IMAGE_U0, loader.unlabeled, STREAM_U0), (IMAGE_U1, loader.unlabeled, STREAM_U1)]
+        buffers = allocate(loader.specs)
         arrays = {key: value.numpy() for key, value in buffers.items()}
-        for i, p in enumerate(positions):
+        for i, p in enumerate(loader.positions(k)):
             for image, dataset, stream in streams:
+                sample = dataset[int(self.orders[stream][p])]
                 out_label = arrays[LABEL_L][i] if image == IMAGE_L else None
-                arrays[BOX_OF[image]][i] = self._augment(dataset, stream, p, arrays[image][i], out_label)
-            if self.need_unlabeled:
-                mask_rng = sample_rng(self.cfg.seed, self.epoch, p, STREAM_MASK)
-                arrays[MASK_MIX][i, 0] = box_mask_from_cfg((c, c), mask_rng, self.cfg)
-        return as_batch(buffers) if self.ring is None else {_SLOT_KEY: k}
-
-
-class _EpochIterator:
-    """Iterable over one epoch's micro-batches with ``len()``; re-raises worker UserErrors intact."""
-
-    def __init__(self, data_loader: DataLoader, length: int, ring: SlotRing | None = None, pin: bool = False):
-        self._data_loader = data_loader
-        self._length = length
-        self._ring, self._pin = ring, pin
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self):
-        for batch in self._data_loader:
-            batch = raise_item_error(batch)
-            if _SLOT_KEY in batch:
-                batch = as_batch(self._ring.copy_out(batch[_SLOT_KEY], pin=self._pin))
-            yield batch
+                _, _, arrays[BOX_OF[image]][i] = augment(
+                    sample["image"], sample.get("label") if out_label is not None else None,
+                    sample_rng(cfg.seed, self.epoch, p, stream), crop_size=cfg.crop_size, scales=cfg.train_scales,
+                    out=arrays[image][i], out_label=out_label)
+            if loader.need_unlabeled:
+                c = cfg.crop_size
+                arrays[MASK_MIX][i, 0] = box_mask_from_cfg((c, c), sample_rng(cfg.seed, self.epoch, p, STREAM_MASK), cfg)
+        return as_batch(buffers)
 
 
 class TrainLoader:
@@ -170,7 +121,9 @@ class TrainLoader:
         self.need_unlabeled = need_unlabeled
         self.layout = layout_of(cfg)
         self.global_batch = int(cfg.global_batch)
-        self.micro_batch, self.accum = batch_split(cfg, self.world_size)  # as resolve_config / the trainer
+        self.micro_batch, self.accum = batch_split(cfg, self.world_size)  # as the config's preparation
+        self.specs = batch_specs(self.micro_batch, cfg.crop_size, label_dtype(self.layout.num_classes),
+                                 unlabeled=need_unlabeled)
 
         root = dataset_dir(cfg)
         labeled_list, unlabeled_list, _ = require_split_lists(cfg, with_val=False)
@@ -219,29 +172,19 @@ class TrainLoader:
                 orders[stream] = stream_order(self.n_unlabeled, self.samples_per_epoch, seed, epoch, stream)[:used]
         return orders
 
-    def epoch(self, epoch: int, start_iter: int = 0) -> _EpochIterator:
-        """Micro-batches of ``epoch`` from iteration ``start_iter`` on (earlier ones are not read)."""
+    def epoch(self, epoch: int, start_iter: int = 0):
+        """Generator of the micro-batches of ``epoch`` from iteration ``start_iter`` on (earlier ones are not read)."""
         if not 0 <= start_iter <= self.iters_per_epoch:
             raise ValueError(f"start_iter={start_iter} outside [0, {self.iters_per_epoch}]")
-        num_workers = int(self.cfg.num_workers)
-        batches = _EpochBatches(self, int(epoch), self.orders(int(epoch)))
-        ring = None
-        if num_workers > 0:  # one slot per micro-batch the DataLoader can have in flight, plus margin
-            ring = SlotRing(batches.specs(), _PREFETCH * num_workers + 2, first=start_iter * self.accum)
-            batches.ring = ring
+        workers = int(self.cfg.num_workers)
+        batches = _Epoch(self, int(epoch))
         data_loader = DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(start_iter * self.accum, len(batches)),
-            num_workers=num_workers,
-            prefetch_factor=_PREFETCH if num_workers > 0 else None,
-            pin_memory=torch.cuda.is_available() and ring is None,  # with workers the slot copy pins
-            # Fork on Linux, whatever Python's default: other start methods re-import the launching
-            # script (train.py) in every worker. (And no cv2.setNumThreads() in the workers: in a
-            # forked child it waits forever on the parent's OpenCV thread-pool state.)
-            multiprocessing_context=_FORK if num_workers > 0 else None,
-        )
-        return _EpochIterator(data_loader, len(batches) - start_iter * self.accum, ring, pin=torch.cuda.is_available())
+            batches, batch_size=None, sampler=range(start_iter * self.accum, len(batches)), num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            # fork on Linux whatever Python's default: other start methods re-import train.py in every worker
+            multiprocessing_context=_FORK if workers > 0 else None)
+        for batch in data_loader:
+            yield raise_item_error(batch)
 
 
 def build_val_dataset(cfg) -> SegDataset:

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .layouts import SYNTHETIC_CLASSES, get_layout
+from .layouts import LAYOUTS, SYNTHETIC_CLASSES
 from ..utils import UserError, run_cli
 from .make_splits import DEFAULT_RATIOS, write_splits
 
@@ -210,7 +210,7 @@ def generate(
     h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
     if num_train < 1 or num_val < 1 or min(h, w) < 16:
         raise ValueError("need num_train >= 1, num_val >= 1 and images of at least 16x16")
-    layout = get_layout("synthetic")
+    layout = LAYOUTS["synthetic"]
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
     if progress:
         from tqdm import tqdm

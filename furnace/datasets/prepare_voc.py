@@ -22,7 +22,7 @@ import numpy as np
 
 from ..utils import UserError, run_cli
 from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
-from .layouts import get_layout, voc_colormap
+from .layouts import LAYOUTS, voc_colormap
 
 NUM_CLASSES = 21
 
@@ -122,7 +122,7 @@ def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
     Raises UserError listing the files that could not be converted (the others are written).
     """
     voc, dst = Path(voc), Path(dst)
-    layout = get_layout("voc")
+    layout = LAYOUTS["voc"]
     seg_sets = voc / "ImageSets" / "Segmentation"
     voc_train, voc_val = _read_ids(seg_sets / "train.txt"), _read_ids(seg_sets / "val.txt")
     train_ids = set(voc_train)

@@ -88,12 +88,8 @@ def setup(device: str = "auto") -> tuple[int, int, torch.device]:
 def cleanup() -> None:
     """Leave the process group if :func:`setup` created it (registered with ``atexit``).
 
-    A gloo worker thread lets go of a finished collective's tensors a moment after ``wait()`` has
-    returned, and needs the GIL to do it. If the interpreter is finalizing by then, taking the GIL ends
-    that thread inside a destructor and the process dies of SIGABRT ("terminate called without an
-    active exception") after a run that succeeded. A short sleep, which releases the GIL, lets those
-    threads finish while the interpreter is still whole: without it 8 of 60 two-process runs of the
-    engine test aborted at exit on a 2-core machine, with it none of 80.
+    The short sleep releases the GIL so that gloo's worker threads drop their last tensors while the
+    interpreter is still whole; otherwise a finished run can die of SIGABRT at exit (docs/notes.md).
     """
     if _STATE["owns_group"] and tdist.is_initialized():
         tdist.destroy_process_group()

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.layouts import (LAYOUTS, DatasetLayout, classes_and_palette, classes_record, colorize,
-                                generic_class_names, layout_holding, layout_of)
+from ..datasets.layouts import DatasetLayout, classes_and_palette, colorize, generic_class_names, layout_of
 from ..datasets.transforms import normalize
-from ..utils import IGNORE_INDEX, UserError, raise_item_error, user_error_as_item
+from ..utils import UserError, raise_item_error, user_error_as_item
 from . import dist
 from .rng import preserved_cpu_rng
 
@@ -69,34 +68,6 @@ def sliding_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, i
     """
     ph, pw = max(h, crop), max(w, crop)
     return [(y, y + crop, x, x + crop) for y in _axis_starts(ph, crop, stride) for x in _axis_starts(pw, crop, stride)]
-
-
-# ----------------------------------------------------------------------------- class names and palette
-
-
-def segmentor_meta(cfg, layout: DatasetLayout | None = None) -> dict:
-    """What a segmentor file records so that it can be used on its own (``python -m furnace.tools.predict``):
-    ``dataset``, ``class_names``, ``palette`` (list of [r, g, b]), ``ignore_index`` and the evaluation
-    settings ``eval`` = {crop, scales, flip}. Names and palette come from ``layout`` (default
-    :func:`~furnace.datasets.layouts.layout_of` ``(cfg)``) by :func:`~furnace.datasets.layouts.classes_and_palette`."""
-    names, palette = classes_and_palette(layout if layout is not None else layout_of(cfg), cfg.num_classes)
-    return {"dataset": cfg.dataset, **classes_record(names, palette),
-            "ignore_index": int(cfg.get("ignore_index", IGNORE_INDEX)),
-            "eval": {"crop": int(cfg.eval_crop), "scales": [float(s) for s in cfg.eval_scales],
-                     "flip": bool(cfg.eval_flip)}}
-
-
-def meta_of_segmentor(meta: dict) -> tuple[list[str], np.ndarray]:
-    """``(class_names, palette)`` a segmentor file's entries (:func:`read_segmentor_meta`) give; files
-    without them (older ones, converted ones without --dataset) fall back to the layout with that many
-    classes (VOC 21, Cityscapes 19, synthetic 7) or generic names and the VOC colours."""
-    n = int(meta["num_classes"])
-    names, palette = meta.get("class_names"), meta.get("palette")
-    if names is not None and len(names) == n and palette is not None and len(palette) >= n:
-        return list(names), np.asarray(palette, np.uint8)
-    known = [meta.get("dataset")] + [k for k in ("voc", "city", "synthetic") if k != meta.get("dataset")]
-    matching = [LAYOUTS[key] for key in known if key in LAYOUTS and LAYOUTS[key].num_classes == n]
-    return classes_and_palette(matching[0] if matching else None, n)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -324,17 +295,3 @@ class Evaluator:
         cv2.imwrite(str(out_dir / "index" / f"{stem}.png"), pred)
         color = colorize(pred, self.palette)
         cv2.imwrite(str(out_dir / "color" / f"{stem}.png"), color[..., ::-1].copy())
-
-
-def evaluate(network, dataset, cfg, *, save_pred_dir=None, device=None, progress: bool = False) -> dict:
-    """Evaluate ``network`` on ``dataset`` with the evaluation settings of ``cfg`` (see the module doc).
-
-    Returns ``dict(miou, iou, class_names, pixel_acc, confusion)``; IoUs are fractions in [0, 1], NaN
-    for classes absent from both ground truth and prediction. Under torchrun every process must call
-    it; each evaluates its share of the images and all receive the same result.
-    """
-    if device is None:
-        params = list(network.parameters())
-        device = params[0].device if params else dist.resolve_device(cfg.get("device", "auto"))
-    evaluator = Evaluator(cfg, device, layout=layout_holding(dataset, cfg))
-    return evaluator.run(network, dataset, save_pred_dir=save_pred_dir, progress=progress)

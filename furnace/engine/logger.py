@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, config_to_dict
+from ..config import config_to_dict
+from ..datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..utils import UserError
 
 
@@ -62,7 +63,8 @@ class TrainLogger:
 
         try:
             self._file = open(self._file_path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
-            self._tb = SummaryWriter(str(self._tb_dir))
+            # an unbounded queue: if the writer's thread dies on an I/O error, a full queue would block training
+            self._tb = SummaryWriter(str(self._tb_dir), max_queue=0)
         except OSError as err:
             if self._file is not None:
                 self._file.close()
@@ -93,25 +95,12 @@ class TrainLogger:
                 file.close()
             self._warn_off(self._file_path, err)
 
-    def _tb_alive(self) -> bool:
-        """False once TensorBoard writing failed. tensorboardX writes events in a background thread
-        that dies on an I/O error, after which its bounded queue fills and the next ``add_*`` call
-        would block forever; so the thread is checked before every call."""
-        if self._tb is None:
-            return False
-        writer = getattr(getattr(self._tb, "file_writer", None), "event_writer", None)
-        worker = getattr(writer, "_worker", None)
-        if worker is None or worker.is_alive():
-            return True
-        self._tb_off(OSError("the event writer thread stopped (see its traceback above)"))
-        return False
-
     def _tb_off(self, err: OSError) -> None:
-        self._tb = None  # never close(): its shutdown message would wait on the writer's full queue
+        self._tb = None
         self._warn_off(self._tb_dir, err)
 
     def _tb_call(self, method: str, *args, **kwargs) -> None:
-        if not self._tb_alive():
+        if self._tb is None:
             return
         try:
             getattr(self._tb, method)(*args, **kwargs)

@@ -24,21 +24,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import accumulation_steps, config_to_dict, resolve_config, validate_config
+from ..config import batch_split, config_to_dict
 from ..datasets.batch import IMAGE_L, LABEL_L
 from ..datasets.device import to_device
-from ..datasets.layouts import layout_holding
+from ..models import segmentor_record
 from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
-from .evaluator import Evaluator, eval_mode, segmentor_meta
+from .evaluator import Evaluator, eval_mode
 from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
 from .logger import TrainLogger
 from .optim import build_optimizer, poly_lr, set_lr
 
 # config keys whose change on resume is routine (not worth a note in the log)
-_ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "num_workers", "log_every", "tb_images_every",
-                 "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name"}
+_ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "weight_dir", "num_workers", "log_every", "tb_images_every",
+                 "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name", "exp_dir"}
 
 
 def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
@@ -66,33 +66,24 @@ def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
     return state
 
 
-def train(cfg, *, method, loader, val_dataset, resume: str = "") -> dict:
-    """Train ``method`` with the recipe ``cfg`` (a base or resolved config), on this process's share.
+def train(cfg, *, method, loader, val_dataset, device, resume_path=None) -> dict:
+    """Train ``method`` with the prepared config ``cfg`` (:func:`furnace.config.prepare`) on this
+    process's share, after :func:`furnace.engine.dist.setup` gave ``device``.
 
     Under torchrun every process calls it, each with its own ``loader`` (this rank's share of every
-    global batch) and the same ``val_dataset``; :func:`furnace.run.train` builds the three from the
-    config. ``resume``: ``""`` fresh, ``"auto"`` continue from ``output_dir/checkpoints/latest.pth``
-    when present, or a path to such a file.
+    global batch) and the same ``val_dataset``; :func:`furnace.run.train` builds them. ``resume_path``: a
+    ``latest.pth`` to continue from (:func:`furnace.engine.checkpoint.find_resume`), None for a fresh start.
 
     Writes ``checkpoints/latest.pth`` every epoch (and every ``save_every_iters``), snapshots
     ``checkpoints/epoch-<e>.pth`` by the snapshot rule, ``log.txt`` and ``tb/``. SIGTERM/SIGINT finish
     the current iteration, save ``latest.pth`` and return with status ``"interrupted"``.
 
-    Returns ``dict(status="finished"|"interrupted", epoch, global_iter, total_iters, eval, miou,
-    latest, output_dir, signal)``; ``eval`` is the final evaluation (see :func:`evaluate`), None
-    when interrupted.
+    Returns ``dict(status="finished"|"interrupted", epoch, global_iter, total_iters, eval, miou, latest,
+    output_dir, signal)``; ``eval`` is the final evaluation, None when interrupted.
     """
-    # Config errors first, before joining the process group: they stop every process alike,
-    # so none is left waiting in the rendezvous.
-    validate_config(cfg)
-    cfg = resolve_config(cfg, dist.env_world_size())
-    resume_path = ckpt.find_resume(cfg, resume)
-    rank, world, device = dist.setup(cfg.device)
     log = TrainLogger(cfg.output_dir, enabled=dist.is_main(), log_every=cfg.log_every)
-    if resume == "auto" and resume_path is None:
-        log.info(f"--resume auto: no {ckpt.latest_path(cfg)} yet, starting fresh")
     try:
-        loop = _Loop(cfg, method, loader, val_dataset, rank, world, device, log, resume_path)
+        loop = _Loop(cfg, method, loader, val_dataset, device, log, resume_path)
         state = loop.restore(resume_path)
         loop.wrap()
         loop.plan(state)
@@ -121,17 +112,17 @@ class LoopState:
 class _Loop:
     """The parts of one training run and the loop's steps over a :class:`LoopState`."""
 
-    def __init__(self, cfg, method, loader, val_dataset, rank, world, device, log, resume_path):
+    def __init__(self, cfg, method, loader, val_dataset, device, log, resume_path):
         self.cfg, self.loader, self.val_dataset = cfg, loader, val_dataset
-        self.rank, self.world, self.device, self.log = rank, world, device, log
+        self.rank, self.world, self.device, self.log = dist.get_rank(), dist.get_world_size(), device, log
         self._prepare_output_dir(resume_path)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         method.to(device)
-        seed_everything(cfg.seed + rank)  # per-process streams for everything the method draws in training
+        seed_everything(cfg.seed + self.rank)  # per-process streams for everything the method draws in training
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
-        if world > 1 and device.type == "cuda":
+        if self.world > 1 and device.type == "cuda":
             method = dist.sync_batchnorm(method, backbones=cfg.sync_bn_backbone)
         self.method = self.ddp = self.ddp_call = method
         self.optimizer = build_optimizer(method, cfg)
@@ -181,10 +172,10 @@ class _Loop:
         if ipe <= 0:
             raise UserError(f"config: the training lists give 0 iterations per epoch with global_batch="
                             f"{cfg.global_batch}; use a smaller global_batch or more training images")
-        self.accum = accumulation_steps(cfg, self.world)
+        self.accum = batch_split(cfg, self.world)[1]
         self.total = total = cfg.epochs * ipe
         self.stop_at = stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
-        self.layout = layout_holding(self.val_dataset, cfg)  # class names and palette
+        self.layout = getattr(self.val_dataset, "layout", None)  # class names and palette
         self.evaluator = Evaluator(cfg, self.device, layout=self.layout)
         self.palette = self.evaluator.palette
         log.total_iters, log.start_iter = stop_at, state.global_iter
@@ -231,8 +222,7 @@ class _Loop:
         lr = poly_lr(cfg.lr, state.global_iter, self.total, cfg.lr_power, cfg.warmup_iters)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
-        mean, stop_any, batch = _forward_backward(self.ddp_call, self.ddp, batches, self.accum, self.device,
-                                                  self.dtype, self.scaler, cfg.channels_last, stop)
+        mean, stop_any, batch = self.forward_backward(batches, stop)
         self._check_finite(state, mean)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -244,6 +234,34 @@ class _Loop:
         if cfg.tb_images_every > 0 and state.global_iter % cfg.tb_images_every == 0 and dist.is_main():
             _log_predictions(self.log, self.method, batch, self.palette, state.global_iter, self.dtype, self.device)
         return stop_any
+
+    def forward_backward(self, batches, stop) -> tuple[dict, bool, dict]:
+        """Gradients of one optimizer iteration: ``accum`` micro-batches, each loss scaled by ``1/accum``,
+        DDP synchronising only on the last. Returns ``(mean, stop_any, last_batch)``: every loss term
+        averaged over micro-batches and processes, in one collective that also tells every process
+        whether any of them was asked to stop."""
+        sums: dict[str, torch.Tensor] = {}
+        for m in range(self.accum):
+            with preserved_cpu_rng():
+                batch = next(batches, None)
+            if batch is None:
+                raise RuntimeError(f"the loader's epoch ended before {self.accum} micro-batches of an iteration")
+            batch = to_device(batch, self.device, channels_last=self.cfg.channels_last)
+            sync = m == self.accum - 1 or self.ddp is self.method
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    losses = self.ddp_call(batch)
+                if "loss" not in losses:
+                    raise RuntimeError(f"the method returned {sorted(losses)} without 'loss'")
+                self.scaler.scale(losses["loss"] / self.accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / self.accum
+        keys = list(sums)
+        # the stop flag is read as late as possible: a signal during this iteration stops after it
+        flags = torch.tensor(float(stop.requested), device=self.device)
+        values = dist.all_reduce_sum(torch.stack([sums[k] for k in keys] + [flags])).tolist()
+        return {k: values[i] / self.world for i, k in enumerate(keys)}, values[-1] > 0, batch
+
 
     def _check_finite(self, state: LoopState, mean: dict) -> None:
         bad = [k for k, v in mean.items() if not math.isfinite(v)]
@@ -278,7 +296,7 @@ class _Loop:
         net = self.method.eval_network()
         dist.run_on_main(lambda: ckpt.save_snapshot(
             net, ckpt.snapshot_path(self.cfg, label),
-            extra={"epoch": label, "iteration": state.global_iter, **segmentor_meta(self.cfg, self.layout)}))
+            extra={"epoch": label, "iteration": state.global_iter, **segmentor_record(self.cfg, self.layout)}))
         state.snapshots.add(label)
 
     def evaluate(self, state: LoopState) -> None:
@@ -303,7 +321,7 @@ class _Loop:
         label = state.epoch + 1 if state.it_in_epoch else state.epoch
         if label > 0 and label not in state.snapshots:
             self.save_snapshot(state, label)
-        dist.run_on_main(lambda: self.method.on_train_end(cfg))
+        dist.run_on_main(lambda: self.method.on_train_end(self.layout))
         if state.eval_at != state.global_iter:
             self.evaluate(state)
         final, result = ckpt.snapshot_path(cfg, label), state.result
@@ -313,37 +331,6 @@ class _Loop:
         log.info(f"finished: iteration {state.global_iter}/{self.total}, val mIoU {100 * result['miou']:.2f}")
         out.update(eval=result, miou=result["miou"])
         return out
-
-
-def _forward_backward(ddp_call, ddp, batches, accum, device, dtype, scaler, channels_last, stop):
-    """Gradients of one optimizer iteration: ``accum`` micro-batches, each loss scaled by ``1/accum``.
-
-    DDP synchronises gradients only on the last micro-batch. Returns ``(mean, stop_any, last_batch)``:
-    every loss term averaged over micro-batches and processes (one collective, which also tells every
-    process whether any of them was asked to stop).
-    """
-    sums: dict[str, torch.Tensor] = {}
-    for m in range(accum):
-        with preserved_cpu_rng():
-            batch = next(batches, None)
-        if batch is None:
-            raise RuntimeError(f"the loader's epoch ended before {accum} micro-batches of an iteration")
-        batch = to_device(batch, device, channels_last=channels_last)
-        sync = m == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
-        with (contextlib.nullcontext() if sync else ddp.no_sync()):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                losses = ddp_call(batch)
-            if "loss" not in losses:
-                raise RuntimeError(f"the method returned {sorted(losses)} without 'loss'")
-            scaler.scale(losses["loss"] / accum).backward()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-    keys = list(sums)
-    # the stop flag is read as late as possible: a signal during this iteration stops after it
-    shared = torch.stack([sums[k] for k in keys] + [torch.tensor(float(stop.requested), device=device)])
-    values = dist.all_reduce_sum(shared).tolist()
-    world = dist.get_world_size()
-    return {k: values[i] / world for i, k in enumerate(keys)}, values[-1] > 0, batch
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cps import hard_pseudo_label
 from .segmentation import cross_entropy
 
 
@@ -45,10 +44,7 @@ def pixel_consistency_loss(student_logits: torch.Tensor, pseudo_label: torch.Ten
 
     Averaged per image, then over the images, like :func:`furnace.losses.cross_entropy`.
 
-    For labeled images ŷ_T = argmax T(x_l) (:func:`hard_pseudo_label`); for the CutMix image
+    For labeled images ŷ_T = argmax T(x_l) (:func:`furnace.losses.hard_pseudo_label`); for the CutMix image
     ŷ_T = argmax[(1 − M)·T(u0) + M·T(u1)] (:func:`furnace.losses.cutmix_pseudo_label`).
-    Accepts teacher logits (B, C, H, W) in place of labels and takes their argmax.
     """
-    if pseudo_label.dim() == 4:
-        pseudo_label = hard_pseudo_label(pseudo_label)
     return cross_entropy(student_logits, pseudo_label)

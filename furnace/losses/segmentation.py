@@ -76,4 +76,6 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce"
     """The supervised loss ``kind``: "ce" (VOC) or "ohem" (Cityscapes, with its threshold and minimum kept)."""
     if kind == "ohem":
         return ohem_cross_entropy(logits, target, ohem_thresh, ohem_min_kept)
-    return cross_entropy(logits, target)
+    if kind == "ce":
+        return cross_entropy(logits, target)
+    raise ValueError(f"unknown supervised loss {kind!r} (ce | ohem)")

@@ -1,15 +1,16 @@
-"""Training methods: ``supervised`` (baseline), ``cps`` (teachers), ``mgd`` (students)."""
+"""Training methods: ``supervised`` (baseline), ``cps`` (teachers), ``mgd`` (students). A method of your
+own is a :class:`Method` subclass with a ``name``; defining it registers it (README "Adding a method")."""
+from ..config import METHODS
 from .base import Method
 from .cps import CPS
 from .mgd import MGD
 from .supervised import Supervised
 
-METHODS = {"supervised": Supervised, "cps": CPS, "mgd": MGD}
 
-
-def build_method(cfg) -> Method:
-    """The method named by ``cfg.method`` built from a resolved config (networks on the CPU)."""
-    return METHODS[cfg.method](cfg)
+def build_method(cfg, device="cpu") -> Method:
+    """The method ``cfg.method`` names, from a prepared config: trained networks on the CPU (the engine
+    moves them), frozen teachers on ``device``."""
+    return METHODS[cfg.method](cfg, device)
 
 
 __all__ = ["Method", "Supervised", "CPS", "MGD", "METHODS", "build_method"]

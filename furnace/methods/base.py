@@ -1,115 +1,101 @@
-"""What every training method shares: network construction and the frozen-teacher mechanics."""
+"""What every training method is: an ``nn.Module`` over the networks it trains, declared in one file.
+
+A method declares, as class attributes, its ``name`` (``method=<name>`` in a config), its config
+``keys`` with their defaults (and ``choices`` for some), the frozen ``teachers`` it loads (config key of
+the file -> default architecture; the file defaults to the teacher the dataset's CPS run exports) and,
+for a method that trains teachers, the key of the file it ``exports``. Defining the class registers it
+(:data:`furnace.config.METHODS`): preparation, validation and the teacher paths follow from that.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..config import register_method
 from ..engine import dist
+from ..engine.rng import preserved_cpu_rng
 from ..losses import supervised_loss
+from ..models import build_model, load_segmentor, read_segmentor_meta, save_segmentor, segmentor_record
 from ..utils import UserError
+from .teachers import FrozenTeacher
 
 
 class Method(nn.Module):
-    """A training method: its parameters are exactly the networks it trains.
+    """A training method; its parameters and ``state_dict`` are exactly the networks it trains.
 
-    ``forward(batch)`` returns a dict of 0-dim losses; ``"loss"`` is the total to backpropagate, the
-    other entries are logged. Frozen networks (teachers) are registered with :meth:`add_frozen`: they
-    follow ``.to()``/``.cuda()``/channels_last but stay out of ``parameters()``, ``state_dict()``,
-    DistributedDataParallel and SyncBatchNorm conversion.
+    ``Method(cfg, device)`` takes a prepared config; the frozen teachers (``self.teachers``, by config
+    key) are loaded onto ``device`` and are not submodules, so they stay out of ``parameters()``,
+    ``state_dict()``, DistributedDataParallel and SyncBatchNorm. ``forward(batch)`` (the keys of
+    :mod:`furnace.datasets.batch`, on the device) returns a dict of 0-dim losses whose ``"loss"`` is the
+    total to backpropagate; the others are logged.
     """
 
-    needs_unlabeled: bool = True
+    name: ClassVar[str] = ""
+    keys: ClassVar[dict] = {}
+    choices: ClassVar[dict] = {}
+    teachers: ClassVar[dict] = {}
+    exports: ClassVar[str] = ""
+    uses_unlabeled: ClassVar[bool] = True  # False: the loader makes labeled batches only
 
-    def __init__(self, cfg):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            register_method(cls)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Raise UserError for a value of this method's keys that cannot work (choices are checked already)."""
+
+    def __init__(self, cfg, device="cpu"):
         super().__init__()
         self.cfg = cfg
-        self._frozen: dict[str, nn.Module] = {}
-
-    # -- frozen networks ----------------------------------------------------------------------
-    def add_frozen(self, name: str, network: nn.Module) -> nn.Module:
-        network.requires_grad_(False)
-        self._frozen[name] = network
-        return network
-
-    def frozen(self, name: str) -> nn.Module:
-        return self._frozen[name]
-
-    def train(self, mode: bool = True):
-        """The trained networks follow ``mode``; each frozen network is told too and decides what it
-        means for it (a :class:`~furnace.methods.teachers.FrozenTeacher` stays in eval mode unless its
-        BN is meant to use batch statistics)."""
-        super().train(mode)
-        for network in self._frozen.values():
-            network.train(mode)
-        return self
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        for network in self._frozen.values():
-            network._apply(fn)
-        return self
+        with preserved_cpu_rng():  # building a teacher to load it draws random init: keep it off the student's stream
+            self.teachers = {key: load_teacher(cfg, key, device) for key in type(self).teachers}
 
     def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The config's supervised loss (``sup_loss``, ``ohem_thresh``, ``ohem_min_kept``) of ``logits``."""
+        """The config's supervised loss (``sup_loss``: CE, or OHEM with ``ohem_thresh`` / ``ohem_min_kept``)."""
         cfg = self.cfg
         return supervised_loss(logits, target, cfg.sup_loss, cfg.ohem_thresh, cfg.ohem_min_kept)
 
-    # -- hooks for the engine -----------------------------------------------------------------
     def eval_network(self) -> nn.Module:
-        """The network that is evaluated and snapshotted."""
+        """The network that is evaluated, snapshotted and exported."""
         raise NotImplementedError
 
-    def on_train_end(self, cfg) -> None:
-        """Called once on the main process after the last iteration."""
+    def on_train_end(self, layout=None) -> None:
+        """After the last iteration, on the main process: write the ``exports`` file, if the method has one."""
+        if self.exports:
+            path = self.cfg[self.exports]
+            save_segmentor(self.eval_network(), path, extra={"method": self.name, "labeled_ratio": self.cfg.labeled_ratio,
+                                                             **segmentor_record(self.cfg, layout)})
+            print(f"exported {self.cfg.arch} -> {path}")
 
 
-def build_network(cfg) -> nn.Module:
-    """The trained DeepLabv3+ of ``cfg.arch`` with the config's model options and ImageNet file."""
-    from ..models import build_model
-
-    return build_model(
-        cfg.arch,
-        cfg.num_classes,
-        output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained,
-        width_mult=cfg.width_mult,
-        head_channels=cfg.head_channels,
-        verbose=dist.is_main(),
-    )
-
-
-def check_pretrained(cfg) -> None:
-    """Fail before any work when the configured ImageNet weight file is missing."""
+def trained_network(cfg) -> nn.Module:
+    """The DeepLabv3+ of ``cfg.arch`` a method trains, with the config's model options and ImageNet file
+    (UserError before any work when that file is missing)."""
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
-        raise UserError(
-            f"config: pretrained={cfg.pretrained!r}: ImageNet weight file not found. Put the torchvision or "
-            f"timm state dict of {cfg.arch} there (see DATA/README.md), or set pretrained='' to train from scratch"
-        )
+        raise UserError(f"config: pretrained={cfg.pretrained!r}: ImageNet weight file not found. Put the torchvision "
+                        f"or timm state dict of {cfg.arch} there (see DATA/README.md), or set pretrained='' to train "
+                        f"from scratch")
+    return build_model(cfg.arch, cfg.num_classes, output_stride=cfg.output_stride, pretrained=cfg.pretrained,
+                       width_mult=cfg.width_mult, head_channels=cfg.head_channels, verbose=dist.is_main())
 
 
-def load_teacher(cfg, key: str) -> nn.Module:
-    """Load the frozen teacher file ``cfg[key]`` strictly and check it against the config.
-
-    The file must be one of our segmentor files (a CPS export, or an original release converted with
-    ``python -m furnace.tools.convert_official``) of architecture ``cfg[key + '_arch']`` with
-    ``cfg.num_classes`` classes; anything else stops with the path named.
-    """
-    from ..models import load_segmentor, read_segmentor_meta
-
-    path = cfg[key]
-    want_arch = cfg[key + "_arch"]
-    if not path or not Path(path).is_file():
+def load_teacher(cfg, key: str, device="cpu") -> FrozenTeacher:
+    """The frozen teacher file ``cfg[key]`` (architecture ``cfg[key + '_arch']``, ``cfg.num_classes``
+    classes) on ``device``, set up as ``teacher_impl``, ``teacher_bn`` and ``compile_teachers`` say."""
+    path, arch = cfg[key], cfg[f"{key}_arch"]
+    if not Path(path).is_file():
         raise UserError(
             f"config: {key}={path!r}: teacher file not found. Train it with the CPS experiment of the same "
             f"dataset and labeled_ratio (it exports there), or convert a released checkpoint with "
-            f"`python -m furnace.tools.convert_official SRC {path or 'DST'} --arch {want_arch} --branch branch1`"
-        )
+            f"`python -m furnace.tools.convert_official SRC {path} --arch {arch} --branch branch1`")
     meta = read_segmentor_meta(path)
-    if meta["arch"] != want_arch or meta["num_classes"] != cfg.num_classes:
-        raise UserError(
-            f"{path}: teacher file holds a {meta['arch']} with {meta['num_classes']} classes, but config "
-            f"{key}_arch={want_arch!r} and num_classes={cfg.num_classes} are expected; point {key} to the right file"
-        )
-    return load_segmentor(path, map_location="cpu")
+    if meta["arch"] != arch or meta["num_classes"] != cfg.num_classes:
+        raise UserError(f"{path}: teacher file holds a {meta['arch']} with {meta['num_classes']} classes, but config "
+                        f"{key}_arch={arch!r} and num_classes={cfg.num_classes} are expected; point {key} to the right file")
+    return FrozenTeacher(load_segmentor(path, map_location=device), fast=cfg.teacher_impl == "batched",
+                         bn_train=cfg.teacher_bn == "train", compile=cfg.compile_teachers)

@@ -5,7 +5,7 @@ import torch
 
 from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX
 from ..losses import cps_loss, cutmix_pseudo_label, mix_by_mask
-from .base import Method, build_network, check_pretrained
+from .base import Method, trained_network
 
 
 class CPS(Method):
@@ -13,14 +13,17 @@ class CPS(Method):
 
     L = L_sup(P1(x_l), y) + L_sup(P2(x_l), y) + λ_cps · [CE(P1(x_m), ŷ2) + CE(P2(x_m), ŷ1)],
     ŷk = argmax[(1 − M)·Pk(u0) + M·Pk(u1)] computed without gradient, x_m = (1 − M)·u0 + M·u1.
-    The saved (exported) teacher is P1 = ``branch1``.
+    P1 = ``branch1`` is evaluated and exported as the teacher file (``export_teacher``).
     """
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        check_pretrained(cfg)
-        self.branch1 = build_network(cfg)
-        self.branch2 = build_network(cfg)
+    name = "cps"
+    keys = {"lambda_cps": 1.0}
+    exports = "export_teacher"
+
+    def __init__(self, cfg, device="cpu"):
+        super().__init__(cfg, device)
+        self.branch1 = trained_network(cfg)
+        self.branch2 = trained_network(cfg)
 
     def forward(self, batch):
         x_l, y = batch[IMAGE_L], batch[LABEL_L]
@@ -35,15 +38,3 @@ class CPS(Method):
 
     def eval_network(self):
         return self.branch1
-
-    def on_train_end(self, cfg):
-        """Export P1 as the teacher file the student configs point to (cfg.export_teacher)."""
-        from ..engine.evaluator import segmentor_meta
-        from ..models import save_segmentor
-
-        save_segmentor(
-            self.branch1,
-            cfg.export_teacher,
-            extra={"method": "cps", "labeled_ratio": cfg.labeled_ratio, **segmentor_meta(cfg)},
-        )
-        print(f"exported teacher {cfg.arch} -> {cfg.export_teacher}")

@@ -4,16 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX
-from ..losses import (
-    content_aware_loss,
-    cutmix_pseudo_label,
-    hard_pseudo_label,
-    mix_by_mask,
-    pixel_consistency_loss,
-    semantic_sensitive_loss,
-)
-from .base import Method, build_network, check_pretrained, load_teacher
-from .teachers import FrozenTeacher
+from ..losses import (content_aware_loss, cutmix_pseudo_label, hard_pseudo_label, mix_by_mask,
+                      pixel_consistency_loss, semantic_sensitive_loss)
+from ..utils import UserError
+from .base import Method, trained_network
 
 
 class MGD(Method):
@@ -25,72 +19,43 @@ class MGD(Method):
       + λ1 · semantic_sensitive(S(x_m), T_D(x_m))                     image level, deep teacher only
       + λ2 · content_aware(F_S(x_m), F_W(x_m))                        region level, wide teacher only
 
-    The student's BatchNorm running statistics move with its passes on x_l and x_m; with
-    ``cfg.student_bn_updates = "original"`` also with no-grad passes on u0 and u1 first, as the original's
-    extra student passes did (order u0, u1, x_m, x_l). The losses and gradients are the same either way.
+    The student's BN running statistics move with its passes on x_l and x_m; with
+    ``student_bn_updates=original`` also with no-grad passes on u0 and u1 first, as the original's extra
+    student passes did (order u0, u1, x_m, x_l). The losses and gradients are the same either way.
     """
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        check_pretrained(cfg)
-        self.student = build_network(cfg)
-        loaded = {name: load_teacher(cfg, name) for name in ("teacher_deep", "teacher_wide")}
-        for name, network in loaded.items():
-            self.add_frozen(name, FrozenTeacher(network, batched=cfg.mgd_impl == "batched",
-                                                bn_train=cfg.teacher_bn == "train"))
-        if cfg.compile_teachers:
-            self.compile_teachers()
-        self.train()
+    name = "mgd"
+    teachers = {"teacher_deep": "resnet101", "teacher_wide": "wrn50_2"}
+    keys = {
+        "lambda_image": 0.004,  # λ1, semantic-sensitive (image level), mean over images
+        "lambda_region": 100.0,  # λ2, content-aware (region level)
+        "region_grid": 7,
+        "student_bn_updates": "trained",  # trained | original (see the class docstring)
+    }
+    choices = {"student_bn_updates": ("trained", "original")}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.region_grid < 1:
+            raise UserError(f"config: region_grid={cfg.region_grid!r} must be positive")
+
+    def __init__(self, cfg, device="cpu"):
+        super().__init__(cfg, device)
+        self.student = trained_network(cfg)
 
     def eval_network(self):
         return self.student
 
-    def compile_teachers(self, **compile_kwargs) -> None:
-        """``cfg.compile_teachers``: each teacher's batched pass through ``torch.compile`` (see
-        :meth:`FrozenTeacher.compile_frozen`)."""
-        for teacher in self._frozen.values():
-            teacher.compile_frozen(**compile_kwargs)
-
-    @property
-    def _teacher_calls(self) -> dict:
-        """The compiled teacher calls by name (empty unless :meth:`compile_teachers` ran)."""
-        return {name: t.compiled_call for name, t in self._frozen.items() if t.compiled_call is not None}
-
-    def teacher_targets(self, x_l, u0, u1, x_m, mask):
-        """Everything the student learns from the teachers, without gradient.
-
-        Returns pseudo-labels (B, H, W) for the labeled and the CutMix images per teacher, T_D's logits
-        of x_m and T_W's decoder feature of x_m. How the four inputs go through a teacher (one batched
-        pass or one pass each) is the teacher's business (:class:`FrozenTeacher`). Every teacher output
-        is computed once and feeds every loss that uses it.
-        """
-        targets = {}
-        with torch.inference_mode():
-            for name in ("teacher_deep", "teacher_wide"):
-                logits, feat_m = self.frozen(name).infer((x_l, u0, u1, x_m))
-                targets[name] = {
-                    "pseudo_l": hard_pseudo_label(logits[0]),
-                    "pseudo_m": cutmix_pseudo_label(logits[1], logits[2], mask),
-                    "logits_m": logits[3],
-                    "feat_m": feat_m,
-                }
-        # Inference tensors may not be saved for backward; CE saves its target, so copy the labels out.
-        for t in targets.values():
-            t["pseudo_l"], t["pseudo_m"] = t["pseudo_l"].clone(), t["pseudo_m"].clone()
-        return targets["teacher_deep"], targets["teacher_wide"]
-
-    # -- the objective --------------------------------------------------------------------------
     def forward(self, batch):
         cfg = self.cfg
         x_l, y = batch[IMAGE_L], batch[LABEL_L]
         u0, u1, mask = batch[IMAGE_U0], batch[IMAGE_U1], batch[MASK_MIX]
         x_m = mix_by_mask(u0, u1, mask)
-        deep, wide = self.teacher_targets(x_l, u0, u1, x_m, mask)
+        deep = self.teachers["teacher_deep"](x_l, u0, u1, x_m)
+        wide = self.teachers["teacher_wide"](x_l, u0, u1, x_m)
 
         if self.training and cfg.student_bn_updates == "original":
-            # The original also ran the student on u0 and u1 without gradient; those passes only move the
-            # student's BN running statistics (which evaluation uses), in the order u0, u1, x_m, x_l.
-            with torch.no_grad():
+            with torch.no_grad():  # these passes only move the student's BN running statistics
                 self.student(u0)
                 self.student(u1)
             logits_m, feat_m = self.student(x_m, return_feature=True)
@@ -100,16 +65,12 @@ class MGD(Method):
             logits_m, feat_m = self.student(x_m, return_feature=True)
 
         sup = self.supervised_loss(logits_l, y)
-        pixel_l = pixel_consistency_loss(logits_l, deep["pseudo_l"]) + pixel_consistency_loss(logits_l, wide["pseudo_l"])
-        pixel_u = pixel_consistency_loss(logits_m, deep["pseudo_m"]) + pixel_consistency_loss(logits_m, wide["pseudo_m"])
-        image = semantic_sensitive_loss(logits_m, deep["logits_m"])
-        region = content_aware_loss(feat_m, wide["feat_m"], cfg.region_grid)
+        pseudo_l = [hard_pseudo_label(t.logits[0]) for t in (deep, wide)]
+        pseudo_m = [cutmix_pseudo_label(t.logits[1], t.logits[2], mask) for t in (deep, wide)]
+        pixel_l = pixel_consistency_loss(logits_l, pseudo_l[0]) + pixel_consistency_loss(logits_l, pseudo_l[1])
+        pixel_u = pixel_consistency_loss(logits_m, pseudo_m[0]) + pixel_consistency_loss(logits_m, pseudo_m[1])
+        image = semantic_sensitive_loss(logits_m, deep.logits[3])
+        region = content_aware_loss(feat_m, wide.features[3], cfg.region_grid)
         total = sup + pixel_l + pixel_u + cfg.lambda_image * image + cfg.lambda_region * region
-        return {
-            "loss": total,
-            "sup": sup,
-            "pixel_labeled": pixel_l,
-            "pixel_unlabeled": pixel_u,
-            "semantic_sensitive": image,
-            "content_aware": region,
-        }
+        return {"loss": total, "sup": sup, "pixel_labeled": pixel_l, "pixel_unlabeled": pixel_u,
+                "semantic_sensitive": image, "content_aware": region}

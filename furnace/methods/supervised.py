@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 from ..datasets.batch import IMAGE_L, LABEL_L
-from .base import Method, build_network, check_pretrained
+from .base import Method, trained_network
 
 
 class Supervised(Method):
-    """L = L_sup(P(x_l), y). Sees only the labeled stream (same number of iterations as the others)."""
+    """L = L_sup(P(x_l), y). Sees only the labeled stream (the same number of iterations as the others)."""
 
-    needs_unlabeled = False
+    name = "supervised"
+    uses_unlabeled = False
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        check_pretrained(cfg)
-        self.model = build_network(cfg)
+    def __init__(self, cfg, device="cpu"):
+        super().__init__(cfg, device)
+        self.model = trained_network(cfg)
 
     def forward(self, batch):
         sup = self.supervised_loss(self.model(batch[IMAGE_L]), batch[LABEL_L])

@@ -1,79 +1,59 @@
-"""Frozen teachers: loaded segmentors that only ever infer, and own how to do that fast.
+"""Frozen teachers: loaded segmentors that only infer, the fast way or the original's way.
 
-A :class:`FrozenTeacher` wraps one teacher network and decides how a group of inputs goes through it:
-
-* **batched** (``mgd_impl="batched"``, default): all inputs in one pass. With eval-mode BN (the
-  default) each BatchNorm is folded into the convolution before it, and the weights are stored
-  channels_last, the layout oneDNN (CPU) and cuDNN run inference convolutions fastest in. Neither
-  changes what the teacher computes beyond float rounding. ``compile_frozen`` puts the batched pass
-  through ``torch.compile`` (``cfg.compile_teachers``).
-* **reference** (``mgd_impl="reference"``), and whenever the teacher's BN is in train mode
-  (``teacher_bn="train"``: batch statistics, which batching would change): one pass per input, as
-  in the original.
-
-The method registers it with ``Method.add_frozen``: it follows ``.to()`` and ``train(mode)`` but
-stays out of the method's parameters and state_dict.
+* fast (``teacher_impl=batched``, eval-mode BN): every input in one pass through a copy whose
+  BatchNorms are folded into the convolutions, stored channels_last (the layout oneDNN and cuDNN run
+  inference convolutions fastest in), optionally through ``torch.compile`` with the weights as constants;
+  the same outputs to float rounding.
+* the original's (``teacher_impl=reference``, and always with ``teacher_bn=train``, whose batch
+  statistics batching would change): one pass per input through the network as loaded.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from ..models import fold_batchnorm
 
 
-class FrozenTeacher(nn.Module):
-    """One frozen teacher; :meth:`infer` returns its logits of each input and the last one's feature.
+class TeacherOutput(NamedTuple):
+    """A teacher's outputs for each of its inputs, in input order."""
 
-    ``batched``: the fast path described in the module docstring; ``bn_train``: the teacher's BN
-    normalises with batch statistics while the method trains (the reference's behaviour), otherwise
-    it stays in eval mode.
-    """
+    logits: tuple  # (B, C, H, W) per input
+    features: tuple  # decoder features (B, D, H/4, W/4) per input
 
-    def __init__(self, network: nn.Module, *, batched: bool = True, bn_train: bool = False):
-        super().__init__()
-        if batched:
-            if not bn_train:
-                network = fold_batchnorm(network)
-            network.to(memory_format=torch.channels_last)
-        self.network = network.requires_grad_(False)
-        self.batched, self.bn_train = batched, bn_train
-        self.compiled_call = None  # see compile_frozen()
-        self.train()
 
-    def train(self, mode: bool = True):
-        """Eval mode, unless ``bn_train`` and the method trains."""
-        return super().train(mode and self.bn_train)
+class FrozenTeacher:
+    """``teacher(x1, x2, ...) -> TeacherOutput`` without gradient; never trained, not an ``nn.Module``
+    of the method (so outside its parameters, state_dict and DDP)."""
 
-    def compile_frozen(self, **compile_kwargs) -> None:
-        """Run the batched pass through ``torch.compile`` (``compile_kwargs`` go to it).
+    def __init__(self, network: torch.nn.Module, *, fast: bool = True, bn_train: bool = False, compile: bool = False):
+        self.fast = fast and not bn_train
+        network.requires_grad_(False).train(bn_train)
+        if self.fast:
+            network = fold_batchnorm(network).to(memory_format=torch.channels_last)
+        self.network = self._call = network
+        if compile:
+            self.compile()
 
-        Inductor's ``freezing`` treats the weights as constants: it folds what it can and, on a CPU,
-        keeps the convolution weights prepacked for oneDNN. That is right because a teacher never
-        changes after it is loaded (move the method to its device before the first step: the weights
-        are captured then). The flag is set around every call, not passed as ``options``: Dynamo reads
-        it while tracing, and ``options`` only reach Inductor (measured: ResNet-101 2.09 s with
-        ``options``, 1.96 s with the flag, 2.25 s uncompiled, 8 images of 256², 2 CPU threads).
-        Compilation happens at the next call; the reference path and train-mode BN keep calling the
-        network as it is.
-        """
+    def compile(self) -> None:
+        """Run the fast pass through ``torch.compile`` with Inductor's ``freezing`` (weights as constants,
+        prepacked on a CPU); it compiles at the next call. The flag is set around each call: Dynamo reads it
+        while tracing, ``options=`` reach only Inductor."""
         import torch._inductor.config as inductor_config
 
-        compiled = torch.compile(self.network, **compile_kwargs)
+        compiled = torch.compile(self.network)
 
         def call(*args, **kwargs):
             with inductor_config.patch(freezing=True):
                 return compiled(*args, **kwargs)
 
-        self.compiled_call = call
+        self._call = call
 
-    def infer(self, inputs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``([logits of each input], decoder feature of the last input)``; call without gradient."""
-        if self.network.training or not self.batched:
+    @torch.inference_mode()
+    def __call__(self, *inputs: torch.Tensor) -> TeacherOutput:
+        if not self.fast:
             outs = [self.network(x, return_feature=True) for x in inputs]
-            return [o[0] for o in outs], outs[-1][1]
-        forward = self.compiled_call or self.network
-        all_logits, all_feat = forward(torch.cat(list(inputs)), return_feature=True)
-        return list(all_logits.chunk(len(inputs))), all_feat.chunk(len(inputs))[-1]
+            return TeacherOutput(tuple(o[0] for o in outs), tuple(o[1] for o in outs))
+        logits, features = self._call(torch.cat(inputs), return_feature=True)
+        return TeacherOutput(logits.chunk(len(inputs)), features.chunk(len(inputs)))

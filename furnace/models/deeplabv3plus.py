@@ -118,8 +118,8 @@ class DeepLabV3Plus(nn.Module):
     ``(logits, feature)``, feature = the decoder map (B, head_channels, ceil(H/4), ceil(W/4)) that the
     region-level (content-aware) loss uses. Works in train and eval mode, for any batch size >= 1.
 
-    ``arch``, ``num_classes`` and ``build_options`` (the build_model kwargs needed to rebuild it) are
-    set by :func:`furnace.models.build_model`; they are what segmentor files record.
+    ``arch``, ``num_classes`` and ``build_options`` (the :meth:`from_arch` kwargs that rebuild it) are what
+    segmentor files record.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 256, reduce_channels: int = 48):
@@ -142,6 +142,25 @@ class DeepLabV3Plus(nn.Module):
         logits = F.interpolate(self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=True)
         return (logits, feature) if return_feature else logits
 
+    @classmethod
+    def from_arch(cls, arch: str, num_classes: int, *, output_stride: int = 0, width_mult: float = 1.0,
+                  head_channels: int = 256) -> "DeepLabV3Plus":
+        """Randomly initialised DeepLabv3+ of ``arch`` (no weight files; :func:`furnace.models.build_model`
+        adds them). The decoder's low-level reduction is 48 channels (24 for mobilenetv2) scaled by
+        ``head_channels / 256``, at least 8. ``from_arch(arch, num_classes, **net.build_options)`` rebuilds ``net``."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if head_channels < 1:
+            raise ValueError(f"head_channels must be >= 1, got {head_channels}")
+        output_stride = output_stride or default_output_stride(arch)
+        backbone = build_backbone(arch, output_stride=output_stride, width_mult=width_mult)
+        reduce_channels = max(8, int(round(DECODER_REDUCE[arch] * head_channels / 256)))
+        model = cls(backbone, num_classes, head_channels=head_channels, reduce_channels=reduce_channels)
+        model.arch = arch
+        model.build_options = {"output_stride": int(output_stride), "width_mult": float(width_mult),
+                               "head_channels": int(head_channels)}
+        return model
+
 
 def count_parameters(model: DeepLabV3Plus) -> dict:
     """Parameter counts (BN buffers excluded): ``{"backbone": n, "head": n, "classifier": n}``.
@@ -154,31 +173,6 @@ def count_parameters(model: DeepLabV3Plus) -> dict:
         return sum(p.numel() for p in module.parameters())
 
     return {"backbone": n(model.backbone), "head": n(model.head), "classifier": n(model.classifier)}
-
-
-def build_network(arch: str, num_classes: int, *, output_stride: int = 0, width_mult: float = 1.0,
-                  head_channels: int = 256) -> DeepLabV3Plus:
-    """Randomly initialised DeepLabv3+ of ``arch`` (no weight files involved).
-
-    The decoder's low-level reduction is 48 channels (24 for mobilenetv2), scaled by
-    ``head_channels / 256`` and at least 8. ``build_options`` records the resolved kwargs, so
-    ``build_network(arch, num_classes, **model.build_options)`` rebuilds the same layout.
-    """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if head_channels < 1:
-        raise ValueError(f"head_channels must be >= 1, got {head_channels}")
-    output_stride = output_stride or default_output_stride(arch)
-    backbone = build_backbone(arch, output_stride=output_stride, width_mult=width_mult)
-    reduce_channels = max(8, int(round(DECODER_REDUCE[arch] * head_channels / 256)))
-    model = DeepLabV3Plus(backbone, num_classes, head_channels=head_channels, reduce_channels=reduce_channels)
-    model.arch = arch
-    model.build_options = {
-        "output_stride": int(output_stride),
-        "width_mult": float(width_mult),
-        "head_channels": int(head_channels),
-    }
-    return model
 
 
 class _FoldedSegmentor(nn.Module):

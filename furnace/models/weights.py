@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from ..utils import UserError, atomic_save, safe_load
 from .backbones import ARCHS
-from .deeplabv3plus import DeepLabV3Plus, build_network
+from .deeplabv3plus import DeepLabV3Plus
 
 SEGMENTOR_FORMAT = "mgd-ssss.segmentor"
 SEGMENTOR_VERSION = 2
@@ -299,6 +299,36 @@ def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None
                         "file there, if any, is unchanged. Free disk space or fix permissions") from err
 
 
+def segmentor_record(cfg, layout=None) -> dict:
+    """What a segmentor file records about its data, so that it can be used on its own (``predict``,
+    ``export``): ``dataset``, ``class_names``, ``palette`` ([r, g, b] per class), ``ignore_index`` and the
+    evaluation settings ``eval`` = {crop, scales, flip}; names and palette from ``layout`` (default: the
+    config's, :func:`furnace.datasets.layouts.layout_of`)."""
+    from ..datasets.layouts import classes_and_palette, classes_record, layout_of
+
+    names, palette = classes_and_palette(layout if layout is not None else layout_of(cfg), cfg.num_classes)
+    return {"dataset": cfg.dataset, **classes_record(names, palette), "ignore_index": int(cfg.ignore_index),
+            "eval": {"crop": int(cfg.eval_crop), "scales": [float(s) for s in cfg.eval_scales],
+                     "flip": bool(cfg.eval_flip)}}
+
+
+def recorded_classes(meta: dict) -> tuple:
+    """``(class_names, palette)`` a file's metadata (:func:`read_segmentor_meta`, or an ONNX file's) gives;
+    a file without them (older ones, converted ones without --dataset) gets those of the dataset with that
+    many classes (VOC 21, Cityscapes 19, synthetic 7), else generic names and the VOC colours."""
+    import numpy as np
+
+    from ..datasets.layouts import LAYOUTS, classes_and_palette
+
+    n = int(meta["num_classes"])
+    names, palette = meta.get("class_names"), meta.get("palette")
+    if names is not None and len(names) == n and palette is not None and len(palette) >= n:
+        return list(names), np.asarray(palette, np.uint8)
+    known = [meta.get("dataset")] + [k for k in LAYOUTS if k != meta.get("dataset")]
+    matching = [LAYOUTS[key] for key in known if key in LAYOUTS and LAYOUTS[key].num_classes == n]
+    return classes_and_palette(matching[0] if matching else None, n)
+
+
 def _looks_official(obj) -> bool:
     state = obj.get("model") if isinstance(obj, dict) else None
     return isinstance(state, dict) and any(str(k).split(".")[0] in BRANCHES for k in state)
@@ -384,7 +414,7 @@ def migrate_decoder_order(state: Dict[str, torch.Tensor], momentum: Optional[Dic
 
 def _build_from_meta(obj, path) -> DeepLabV3Plus:
     try:
-        return build_network(obj["arch"], int(obj["num_classes"]), **dict(obj["options"]))
+        return DeepLabV3Plus.from_arch(obj["arch"], int(obj["num_classes"]), **dict(obj["options"]))
     except (TypeError, ValueError) as err:
         raise UserError(f"{path}: cannot rebuild the network from arch={obj['arch']!r}, "
                         f"num_classes={obj['num_classes']!r}, options={obj['options']!r} ({err})") from err
@@ -490,7 +520,7 @@ def official_to_segmentor(state: Dict[str, torch.Tensor], arch: str, num_classes
     found = int(cls.shape[0])
     if num_classes is not None and num_classes != found:
         raise UserError(f"{where}: --num-classes {num_classes} but the checkpoint's classifier has {found} classes")
-    model = build_network(arch, found)
+    model = DeepLabV3Plus.from_arch(arch, found)
     try:
         dropped = _check_tensors(model, state, where, unused=OFFICIAL_UNUSED.get(arch, ()))
     except UserError as err:

@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="measurements per setting; medians are reported (default 1)")
     args = parser.parse_args(argv)
 
-    from furnace.config import resolve_config, voc_config
+    import furnace.methods  # noqa: F401 (registers the methods a config may name)
+    from furnace.config import prepare, voc_config
     from furnace.datasets.make_synthetic import generate
 
     torch.set_num_threads(1)
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
                 micro_batch=args.micro_batch,
                 pretrained="",
             )
-            cfg = resolve_config(cfg)
+            cfg = prepare(cfg)
             for need_unlabeled in (True, False):
                 results.append(measure_with_floor(cfg, num_batches=args.batches, repeats=max(1, args.repeats),
                                                   need_unlabeled=need_unlabeled))

@@ -4,7 +4,7 @@
 docstring describes the two paths and the figures reported). Steps:
 
 1. :func:`_two_paths`: random teachers written as files and loaded by two MGD methods exactly as
-   training does (``mgd_impl="reference"`` and ``"batched"``), the same student initialisation in both;
+   training does (``teacher_impl="reference"`` and ``"batched"``), the same student initialisation in both;
 2. :func:`_fp32_losses`: with autocast, both paths once in true fp32 (the maths without bf16 rounding);
 3. :func:`_first_steps`: the first step of each path, its losses and FLOPs;
 4. :func:`_compile` (optional), then :func:`_time_steps`: warm-up, then the two paths' steps alternated;
@@ -36,7 +36,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     ``head_channels`` (1.0 / 256: the real networks), written as teacher files and loaded by the
     method exactly as training does. ``student_channels_last`` None -> on CUDA only (on a CPU oneDNN's
     channels_last backward is slower for the student; the teachers gain from it). ``compile_mode``:
-    "off", "teachers" (``MGD.compile_teachers``, what ``compile_teachers=true`` does in training) or "student".
+    "off", "teachers" (what ``compile_teachers=true`` does in training) or "student".
     Returns the figures described in :mod:`furnace.tools.benchmark`'s docstring.
     """
     if student_channels_last is None:
@@ -74,7 +74,7 @@ def _two_paths(device, tmp: Path, data: dict, arch: str, num_classes: int, opts:
                amp) -> tuple[TrainStep, TrainStep]:
     """The reference path (fp32, NCHW) and the optimized one (batched teachers, ``amp``, the student
     channels_last when asked) on the same batch, with the same teachers and student initialisation."""
-    from ..config import resolve_config, voc_config
+    from ..config import prepare, voc_config
     from ..methods import build_method
     from ..models import build_model, save_segmentor
 
@@ -85,10 +85,10 @@ def _two_paths(device, tmp: Path, data: dict, arch: str, num_classes: int, opts:
     def build(impl: str):
         C = voc_config()
         C.update(data_root=str(tmp), output_dir=str(tmp / "out"), pretrained="", arch=arch, method="mgd",
-                 mgd_impl=impl, num_classes=num_classes, teacher_deep=str(tmp / "deep.pth"),
+                 teacher_impl=impl, num_classes=num_classes, teacher_deep=str(tmp / "deep.pth"),
                  teacher_wide=str(tmp / "wide.pth"), **opts)
         torch.manual_seed(2)  # the same student initialisation for both paths
-        return build_method(resolve_config(C)).to(device).train()
+        return build_method(prepare(C), device).to(device).train()
 
     reference, optimized = build("reference"), build("batched")
     if student_channels_last:
@@ -118,7 +118,8 @@ def _compile(path: TrainStep, mode: str) -> float:
     """torch.compile part of ``path`` (``mode`` "teachers" or "student"); seconds until a step has run."""
     t0 = time.perf_counter()
     if mode == "teachers":
-        path.method.compile_teachers()  # what compile_teachers=true does in training
+        for teacher in path.method.teachers.values():  # what compile_teachers=true does in training
+            teacher.compile()
     elif mode == "student":
         path.method.student = torch.compile(path.method.student)
     else:
@@ -183,7 +184,7 @@ def _step_lists(ref: TrainStep, fast: TrainStep, steps: int, warmup: int, first:
 
 def _resident_bytes(path: TrainStep) -> int:
     """Weights, buffers (student and teachers) and optimizer state ``path`` keeps on the device."""
-    nets = [path.method, *(path.method.frozen(n) for n in ("teacher_deep", "teacher_wide"))]
+    nets = [path.method, *(t.network for t in path.method.teachers.values())]
     tensors = [t for n in nets for t in (*n.parameters(), *n.buffers())]
     tensors += [v for s in path.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     unique = {id(t): t for t in tensors}.values()

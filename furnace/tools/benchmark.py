@@ -11,9 +11,9 @@ Prints a table and writes JSON (``--json``). Sections (``--skip`` any of them):
   VOC 512x512 with window 512 and Cityscapes 1024x2048 with window 800 (8 windows).
 * ``mgd_step`` (:mod:`furnace.tools.bench_mgd`): one MGD training iteration (forward, backward, SGD
   update) at ``--batch`` x ``--crop``,
-  two ways on the same batch and the same initial weights: the *reference* path (mgd_impl="reference":
+  two ways on the same batch and the same initial weights: the *reference* path (teacher_impl="reference":
   each teacher called on x_l, u0, u1 and x_m separately, fp32, NCHW) and the *optimized* path
-  (mgd_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers
+  (teacher_impl="batched": the four teacher inputs in one inference-mode pass of channels_last teachers
   whose BatchNorms are folded into their convolutions;
   on CUDA also a channels_last student and bf16 autocast; on a CPU the student stays NCHW, whose oneDNN
   backward is faster there; ``--compile`` optional). Steps of the two paths alternate, so a machine
@@ -166,7 +166,7 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
     """One CPS teacher training iteration (two ``arch`` networks, forward, backward, SGD update) at
     ``batch`` x ``crop``, as the teacher recipes train: autocast and channels_last on CUDA.
     Returns ``{"arch", "batch", "crop", "step_ms", "images_per_s", "step_ms_all"}``."""
-    from ..config import resolve_config, voc_config
+    from ..config import prepare, voc_config
     from ..methods import build_method
 
     amp = amp_dtype("auto", device)
@@ -177,7 +177,7 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
         C.update(data_root=tmp, output_dir=tmp, pretrained="", arch=arch, method="cps", num_classes=num_classes,
                  width_mult=width_mult, head_channels=head_channels)
         torch.manual_seed(3)
-        method = build_method(resolve_config(C)).to(device).train().to(memory_format=fmt)
+        method = build_method(prepare(C), device).to(device).train().to(memory_format=fmt)
     path = TrainStep("teacher", method, data, device, amp)
     for _ in range(1 + warmup):
         path.step()
@@ -235,7 +235,7 @@ def loader_stats(*, workers=(1,), batches: int = 8, warmup: int = 2, crop: int =
     """Samples/s of the MGD training loader (labeled + two unlabeled crops + CutMix mask per sample)
     per worker, on generated 500x375 VOC-layout JPEGs (one epoch's worth: ``(warmup + batches) x
     micro_batch`` images, every one labeled and unlabeled), for each ``num_workers`` value."""
-    from ..config import resolve_config, voc_config
+    from ..config import prepare, voc_config
     from ..datasets.make_synthetic import generate
     from .bench_data import measure_loader
 
@@ -248,7 +248,7 @@ def loader_stats(*, workers=(1,), batches: int = 8, warmup: int = 2, crop: int =
             cfg = voc_config()
             cfg.update(data_root=tmp, labeled_ratio=1, epochs=1, crop_size=crop, num_workers=n,
                        global_batch=micro_batch, micro_batch=micro_batch, pretrained="")
-            out["results"].append(measure_loader(resolve_config(cfg), num_batches=batches, warmup=warmup))
+            out["results"].append(measure_loader(prepare(cfg), num_batches=batches, warmup=warmup))
     out["samples_per_s_per_worker"] = out["results"][0]["samples_per_s_per_worker"]
     return out
 

@@ -97,9 +97,9 @@ def export_onnx(model, path, meta: dict, opset: int = 17) -> str:
 def onnx_meta(model, seg_meta: dict) -> dict:
     """The metadata an exported file carries: architecture, class count, names, palette, dataset, eval."""
     from ..datasets.layouts import classes_record
-    from ..engine.evaluator import meta_of_segmentor
+    from ..models import recorded_classes
 
-    names, palette = meta_of_segmentor(seg_meta)
+    names, palette = recorded_classes(seg_meta)
     return {"arch": model.arch, "num_classes": int(model.num_classes), **classes_record(names, palette),
             "dataset": seg_meta.get("dataset"), "eval": seg_meta.get("eval")}
 

@@ -143,7 +143,6 @@ def _classes_override(path, n: int, names, palette):
 
 def load_predictor(args):
     """``(network, meta, class_names, palette)``; the network is a torch module or an :class:`OrtNetwork`."""
-    from ..engine.evaluator import meta_of_segmentor
 
     onnx_path = args.onnx or (args.checkpoint if str(args.checkpoint).endswith(".onnx") else None)
     network = meta = None
@@ -163,7 +162,9 @@ def load_predictor(args):
         meta = ck_meta
         if network is None:
             network = load_segmentor(args.checkpoint)
-    names, palette = meta_of_segmentor(meta)
+    from ..models import recorded_classes
+
+    names, palette = recorded_classes(meta)
     if args.classes:
         names, palette = _classes_override(args.classes, int(meta["num_classes"]), names, palette)
     return network, meta, names, palette
