@@ -1,16 +1,10 @@
 """Experiment configuration: base recipes, the one preparation of a run's config, and overrides.
 
-An experiment's ``config.py`` starts from a base recipe and overrides only what differs::
-
-    from furnace.config import voc_config
-    C = config = voc_config(__file__)
-    C.method, C.arch, C.labeled_ratio = "mgd", "resnet18", 8
-
-A run's config is prepared once, by :func:`prepare`, before anything is built: the keys of the
-registered methods join with their defaults, the environment (:data:`ENVIRONMENT`) and the command
-line's ``KEY=VALUE`` override the file, everything is validated, and the derived values (``""`` / ``0``
-in a recipe: epochs, output stride, weight and teacher files, the micro-batch, a folder dataset's class
-count) are filled in by :func:`_derive`. The engine only reads prepared configs; checkpoints store them.
+An experiment's ``config.py`` starts from a base recipe and overrides what differs (``C = config =
+voc_config(__file__); C.method = "mgd"``). A run's config is prepared once, by :func:`prepare`: the
+registered methods' keys join with their defaults, the environment (:data:`ENVIRONMENT`) and then
+``KEY=VALUE`` override the file, everything is validated, and what a recipe leaves to be derived (``""`` /
+``0``) is filled in by :func:`_derive`. The engine only reads prepared configs; checkpoints store them.
 """
 from __future__ import annotations
 
@@ -35,9 +29,8 @@ ENVIRONMENT = {"DATA_ROOT": "data_root", "OUTPUT_DIR": "output_dir", "WEIGHT_DIR
 # Old key names still accepted, with a one-line notice.
 RENAMED = {"mgd_impl": "teacher_impl"}
 
-# name -> method class. A furnace.methods.Method subclass with a ``name`` registers itself here when
-# its class is defined; its declarations (``keys``, ``choices``, ``teachers``, ``exports``) extend the
-# config (see :func:`method_keys`).
+# name -> method class: a furnace.methods.Method subclass with a ``name`` registers itself when defined;
+# its declarations (keys, choices, teachers, exports) extend the config.
 METHODS: dict[str, type] = {}
 
 

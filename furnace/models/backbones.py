@@ -1,32 +1,12 @@
-"""Backbones of the four MGD networks, built from timm (ResNet family) and torchvision (MobileNet-v2).
+"""Backbones of the four MGD networks, from timm (ResNets) and torchvision (MobileNet-v2), with the
+library's module names (which the original's checkpoints also use). Each returns ``(low_level, high_level)``:
+the stride-4 map the decoder refines with and the last map, dilated to the output stride.
 
-Each backbone keeps the module names of the library layout it comes from (``conv1.0``, ``layer4.2.conv2``,
-``features.17.conv.1.0``...), which are also the names in the original project's checkpoints, and returns
-``(low_level, high_level)``: the stride-4 map the decoder refines with, and the last map, dilated to the
-requested output stride.
-
-The default layouts are the reference's (SPEC §4):
-
-========== ============================== ======================================= ==== ============
-arch       blocks                         dilation                                OS   low / high
-========== ============================== ======================================= ==== ============
-resnet18   BasicBlock [2,2,2,2], deep     layer4 blocks 2, 4                      16   64 / 512
-           stem 3->32->32->64
-mobilenetv2 torchvision features[0..17]   features 15, 16, 17 -> 2, 4, 8          32   24 / 320
-                                          (features 14 keeps stride 2)
-resnet101  Bottleneck [3,4,23,3], deep    layer4 blocks 2, 4, 8                   16   256 / 2048
-           stem 3->64->64->128
-wrn50_2    Bottleneck [3,4,6,3], width    layer4 blocks 2, 4, 8                   16   256 / 2048
-           x2, 7x7 stem
-========== ============================== ======================================= ==== ============
-
-Other output strides (the config allows 8, 16, 32 for every arch) follow the same rule — the stage whose
-stride is removed is dilated, and the multi-grid doubling stays on the last blocks:
-
-- ResNets: OS32 no dilation; OS8 layer3 all blocks 2 and layer4 blocks 4, 8(, 16).
-- MobileNet-v2: OS16 features 14 -> 2 (its stride-2 depthwise conv becomes stride 1) and 15, 16, 17 ->
-  2, 4, 8 (the paper's multi-grid kept on the last three blocks, now at stride 16); OS8 additionally
-  features 7..13 -> 2, then 14 -> 4 and 15, 16, 17 -> 4, 8, 16.
+The reference layouts (SPEC §4): resnet18 (deep stem 3-32-32-64) and resnet101 (deep stem 3-64-64-128)
+dilate layer4's blocks by 2, 4(, 8), OS16; wrn50_2 (7x7 stem) likewise; mobilenetv2 ``features[0..17]``
+dilates features 15, 16, 17 by 2, 4, 8 (features 14 keeps its stride), OS32. Other output strides dilate the
+stage whose stride is removed and keep the multi-grid doubling on the last blocks (ResNet OS8: layer3 by 2,
+layer4 by 4, 8, ...; MobileNet-v2 OS16: features 14-17 by 2, 2, 4, 8; OS8: 7-13 by 2, 14-17 by 4, 4, 8, 16).
 """
 from __future__ import annotations
 
@@ -63,12 +43,8 @@ def check_arch(arch: str) -> None:
 
 
 def dilate_block(block: nn.Module, dilation: int) -> None:
-    """Turn ``block`` from striding into dilation ``dilation``, in place (the reference's rule).
-
-    Every stride-2 conv in it gets stride 1 and every 3x3 conv gets dilation and padding ``dilation``;
-    1x1 convs (downsample, pointwise) only lose their stride. Spatial size in = size out of the block
-    afterwards, for any input size, because a 3x3 conv with padding = dilation preserves size.
-    """
+    """Turn ``block`` from striding into dilation, in place (the reference's rule): stride-2 convs get stride 1,
+    3x3 convs dilation and padding ``dilation`` (so the block keeps the spatial size), 1x1 convs only lose their stride."""
     for m in block.modules():
         if isinstance(m, nn.Conv2d):
             if m.stride == (2, 2):
@@ -108,13 +84,8 @@ def _mobilenetv2_dilations(output_stride: int) -> Dict[int, int]:
 
 
 class ResNetBackbone(nn.Module):
-    """timm ResNet without pooling/fc: ``forward(x) -> (layer1 out, layer4 out)``.
-
-    x (B,3,H,W) -> low (B, low_level_channels, ceil(H/4), ceil(W/4)),
-    high (B, high_level_channels, ceil(H/OS), ceil(W/OS)) (each stride-2 step rounds up).
-    The timm modules are re-registered under their own names, so the state dict reads
-    ``conv1.*, bn1.*, layer1.* .. layer4.*`` exactly as timm/torchvision (and the reference) name them.
-    """
+    """timm ResNet without pooling/fc, its modules under their own names (``conv1.*``, ``layer1.*`` ...):
+    x (B,3,H,W) -> (layer1 out (B, low_level_channels, H/4, W/4), layer4 out (B, high_level_channels, H/OS, W/OS))."""
 
     def __init__(self, net: ResNet, low_level_channels: int, high_level_channels: int, output_stride: int):
         super().__init__()
@@ -136,11 +107,8 @@ class ResNetBackbone(nn.Module):
 
 
 class MobileNetV2Backbone(nn.Module):
-    """torchvision MobileNet-v2 ``features[0..17]`` (no final 1280 conv, no classifier).
-
-    ``forward(x) -> (features[3] out, features[17] out)``: low (B, 24·w, ceil(H/4), ceil(W/4)),
-    high (B, 320·w, ceil(H/OS), ceil(W/OS)).
-    """
+    """torchvision MobileNet-v2 ``features[0..17]`` (no 1280 conv, no classifier): x -> (features[3] out
+    (B, 24·w, H/4, W/4), features[17] out (B, 320·w, H/OS, W/OS))."""
 
     LOW_LEVEL_INDEX = 3
 
@@ -162,12 +130,8 @@ class MobileNetV2Backbone(nn.Module):
 
 
 def _default_init_deep_stem(net: ResNet) -> None:
-    """Give the deep stem's convs PyTorch's default conv init, as the reference's stem had.
-
-    torchvision's ImageNet files have a 7x7 stem, so with them the deep stem (``conv1.0/3/6``) stays
-    random; the reference left it at ``nn.Conv2d``'s own init (Kaiming uniform, a=√5: U(±1/√fan_in)),
-    where timm initialises every conv with fan_out Kaiming normal (0.75–2.5× the reference's std here).
-    """
+    """PyTorch's default conv init for the deep stem, as the reference's: with torchvision's ImageNet files
+    (a 7x7 stem) it stays random, and timm's fan_out Kaiming normal would be 0.75–2.5x the reference's std."""
     if isinstance(net.conv1, nn.Sequential):
         for m in net.conv1.modules():
             if isinstance(m, nn.Conv2d):
@@ -175,14 +139,9 @@ def _default_init_deep_stem(net: ResNet) -> None:
 
 
 def build_backbone(arch: str, output_stride: int = 0, width_mult: float = 1.0) -> nn.Module:
-    """Randomly initialised backbone of ``arch`` at ``output_stride`` (0 = the arch's default).
-
-    ``width_mult`` scales every channel count (timm ``channels=`` and ``stem_width``; torchvision
-    ``MobileNetV2(width_mult=...)``) for small demo networks; 1.0 is exactly the reference layout.
-    timm's plain 7x7 stem (wrn50_2) is always 64 channels wide, whatever ``width_mult``.
-    The returned module has ``arch``, ``low_level_channels``, ``high_level_channels``, ``output_stride``,
-    ``deep_stem`` and returns ``(low_level, high_level)``.
-    """
+    """Randomly initialised backbone of ``arch`` at ``output_stride`` (0: the arch's default) with ``arch``,
+    ``low_level_channels``, ``high_level_channels``, ``output_stride`` and ``deep_stem``. ``width_mult`` scales
+    every channel count for small demo networks (timm's 7x7 stem stays 64 wide); 1.0 is the reference layout."""
     check_arch(arch)
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
@@ -208,11 +167,6 @@ def build_backbone(arch: str, output_stride: int = 0, width_mult: float = 1.0) -
     for stage, dilations in _resnet_dilations(output_stride, blocks).items():
         for b, d in zip(getattr(net, stage), dilations):
             dilate_block(b, d)
-    backbone = ResNetBackbone(
-        net,
-        low_level_channels=channels[0] * block.expansion,
-        high_level_channels=channels[3] * block.expansion,
-        output_stride=output_stride,
-    )
+    backbone = ResNetBackbone(net, channels[0] * block.expansion, channels[3] * block.expansion, output_stride)
     backbone.arch = arch
     return backbone

@@ -69,22 +69,14 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """ASPP on the high-level map, then the decoder with the low-level map.
-
-    ``forward(low, high)``: low (B, low_channels, h4, w4), high (B, high_channels, h, w) ->
-    decoder feature (B, channels, h4, w4).
-
-    The decoder concatenates ``[upsampled ASPP output (channels), reduce(low) (reduce_channels)]`` in
-    this order: ``last_conv.0.weight``'s input channels follow it, so the original project's
-    checkpoints only give their outputs with this order (SPEC §4).
-    """
+    """ASPP on the high-level map, then the decoder: (low (B, low_channels, h4, w4), high) -> the decoder
+    feature (B, channels, h4, w4). It concatenates ``[upsampled ASPP, reduce(low)]`` in this order, which the
+    original's ``last_conv.0.weight`` expects (SPEC §4)."""
 
     def __init__(self, low_channels: int, high_channels: int, channels: int = 256, reduce_channels: int = 48):
         super().__init__()
         self.aspp = ASPP(high_channels, channels)
-        self.reduce = nn.Sequential(
-            _conv(low_channels, reduce_channels, 1), _bn(reduce_channels), nn.ReLU(inplace=True)
-        )
+        self.reduce = nn.Sequential(_conv(low_channels, reduce_channels, 1), _bn(reduce_channels), nn.ReLU(inplace=True))
         self.last_conv = nn.Sequential(
             _conv(channels + reduce_channels, channels, 3), _bn(channels), nn.ReLU(inplace=True),
             _conv(channels, channels, 3), _bn(channels), nn.ReLU(inplace=True),
@@ -97,10 +89,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 def init_head_weights(module: nn.Module) -> None:
-    """The reference's head init: convs Kaiming normal (fan_in, relu), BN weight 1 / bias 0.
-
-    Conv biases (only the classifier has one) keep PyTorch's default init.
-    """
+    """The reference's head init: convs Kaiming normal (fan_in, relu), BN weight 1 / bias 0 (the classifier's
+    bias keeps PyTorch's default)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -110,24 +100,16 @@ def init_head_weights(module: nn.Module) -> None:
 
 
 class DeepLabV3Plus(nn.Module):
-    """Backbone + DeepLabv3+ head + 1x1 classifier.
-
-    ``backbone`` returns ``(low_level, high_level)`` and exposes ``low_level_channels`` and
-    ``high_level_channels``. ``forward(x, return_feature=False)``: x (B,3,H,W) -> logits (B,C,H,W)
-    (bilinear, align_corners=True, at the input size); with ``return_feature=True`` ->
-    ``(logits, feature)``, feature = the decoder map (B, head_channels, ceil(H/4), ceil(W/4)) that the
-    region-level (content-aware) loss uses. Works in train and eval mode, for any batch size >= 1.
-
-    ``arch``, ``num_classes`` and ``build_options`` (the :meth:`from_arch` kwargs that rebuild it) are what
-    segmentor files record.
-    """
+    """Backbone + DeepLabv3+ head + 1x1 classifier: x (B,3,H,W) -> logits (B,C,H,W) (bilinear,
+    align_corners=True), with ``return_feature`` ``(logits, feature)``: the decoder map (B, head_channels,
+    H/4, W/4) the region-level loss uses. ``arch``, ``num_classes`` and ``build_options`` (the
+    :meth:`from_arch` kwargs) are what segmentor files record."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 256, reduce_channels: int = 48):
         super().__init__()
         self.backbone = backbone
-        self.head = DeepLabV3PlusHead(
-            backbone.low_level_channels, backbone.high_level_channels, head_channels, reduce_channels
-        )
+        self.head = DeepLabV3PlusHead(backbone.low_level_channels, backbone.high_level_channels, head_channels,
+                                      reduce_channels)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1, bias=True)
         init_head_weights(self.head)
         init_head_weights(self.classifier)
@@ -163,12 +145,8 @@ class DeepLabV3Plus(nn.Module):
 
 
 def count_parameters(model: DeepLabV3Plus) -> dict:
-    """Parameter counts (BN buffers excluded): ``{"backbone": n, "head": n, "classifier": n}``.
-
-    ``head`` is ASPP + decoder without the classifier: that is the split SPEC §4 quotes (21 classes:
-    R18 11.20 M + 5.43 M, MBv2 1.81 M + 3.94 M, R101 42.62 M + 16.84 M, WRN-50-2 66.83 M + 16.84 M);
-    with the classifier MobileNet-v2's head would read 3.95 M. The three values sum to the total.
-    """
+    """Parameter counts ``{"backbone", "head", "classifier"}``; the head without the classifier is the split
+    SPEC §4 quotes (with it MobileNet-v2's head would read 3.95 M, not 3.94 M)."""
     def n(module):
         return sum(p.numel() for p in module.parameters())
 
@@ -188,13 +166,9 @@ class _FoldedSegmentor(nn.Module):
 
 
 def fold_batchnorm(network: DeepLabV3Plus) -> nn.Module:
-    """An inference-only copy of ``network`` with every BatchNorm that follows a convolution folded into it.
-
-    Uses the eval-mode statistics, so the copy computes what ``network.eval()`` computes (to float
-    rounding, ~1e-6 relative) with about a hundred fewer passes over the activations for a ResNet-101.
-    It is called like the network (``copy(x, return_feature=True)`` -> ``(logits, feature)``) and holds
-    a ``torch.fx`` graph; the BNs after the ASPP concatenation stay.
-    """
+    """An inference-only ``torch.fx`` copy of ``network`` (called like it) with every BatchNorm that follows a
+    convolution folded into it: what ``network.eval()`` computes, to float rounding, with ~100 fewer passes over
+    the activations for a ResNet-101 (the BNs after the ASPP concatenation stay)."""
     from torch.fx.experimental.optimization import fuse
 
     graph = torch.fx.symbolic_trace(network.eval(), concrete_args={"return_feature": True})

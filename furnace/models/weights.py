@@ -1,21 +1,10 @@
-"""Every way weights get into a network: ImageNet files, our segmentor files, official MGD/CPS releases.
+"""Every way weights get into a network: ImageNet files (by name and shape, with a :class:`LoadReport`),
+our segmentor files, and the original release's checkpoints (a strict check-and-copy: same names).
 
-- :func:`load_imagenet_weights` — a torchvision or timm ImageNet state dict into a backbone, by name
-  and shape, with a :class:`LoadReport` of what was loaded and what stays random.
-- :func:`save_segmentor` / :func:`load_segmentor` / :func:`read_segmentor_meta` — our segmentor file::
-
-      {"format": "mgd-ssss.segmentor", "version": 2, "arch": str, "num_classes": int,
-       "options": {"output_stride", "width_mult", "head_channels"}, "state_dict": {...}, **extra}
-
-- :func:`convert_official` — one network (``branch1``/``branch2``/``branch3``) of an original release
-  ``{"model": state_dict}`` into a segmentor file; the names are the same as ours, so this is a strict
-  check-and-copy that reproduces the original outputs exactly.
-
-Every file is read with :func:`furnace.utils.safe_load` and written with :func:`furnace.utils.atomic_save`.
-
-Version 1 files were written while the decoder concatenated ``[reduce(low), ASPP]``; version 2 follows
-the original's ``[ASPP, reduce(low)]`` (SPEC §4). A version-1 file is refused (its weights would be applied
-to the wrong channels) with the command that migrates it exactly, :func:`migrate_decoder_order`.
+A segmentor file is ``{"format": "mgd-ssss.segmentor", "version": 2, "arch", "num_classes", "options":
+{output_stride, width_mult, head_channels}, "state_dict", **extra}``, read with ``safe_load`` and written
+with ``atomic_save``. Version 1 files (the decoder concatenated ``[reduce(low), ASPP]``, not the original's
+``[ASPP, reduce(low)]``) are refused with the command that migrates them exactly (:func:`migrate_decoder_order`).
 """
 from __future__ import annotations
 
@@ -80,13 +69,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @dataclass
 class LoadReport:
-    """What :func:`load_imagenet_weights` did. Names are backbone-relative (``layer1.0.conv1.weight``);
-    BN step counters (``num_batches_tracked``) follow their BN and are not listed.
-
-    ``missing`` = ours, absent from the file (stay random);
-    ``unexpected`` = in the file, not ours (ignored); ``mismatched`` = same name, other shape
-    (``(name, file_shape, our_shape)``, stay random).
-    """
+    """What :func:`load_imagenet_weights` did, by backbone-relative name (BN step counters not listed):
+    ``missing`` (ours, not in the file: random), ``unexpected`` (the file's, not ours: ignored), ``mismatched``
+    (``(name, file_shape, our_shape)``: random)."""
 
     path: str
     arch: str
@@ -98,15 +83,12 @@ class LoadReport:
 
     @property
     def complete(self) -> bool:
-        """True when every backbone tensor came from the file."""
         return not self.missing and not self.mismatched
 
     def __str__(self) -> str:
-        lines = [
-            f"ImageNet weights {self.path} -> {self.arch or 'backbone'}: {len(self.loaded)} tensors loaded, "
-            f"{len(self.missing)} missing (stay random), {len(self.mismatched)} shape-mismatched (stay random), "
-            f"{len(self.unexpected)} unexpected (ignored)"
-        ]
+        lines = [f"ImageNet weights {self.path} -> {self.arch or 'backbone'}: {len(self.loaded)} tensors loaded, "
+                 f"{len(self.missing)} missing (stay random), {len(self.mismatched)} shape-mismatched (stay random), "
+                 f"{len(self.unexpected)} unexpected (ignored)"]
         groups: Dict[str, int] = {}
         for name in self.loaded:
             parts = name.split(".")
@@ -116,16 +98,12 @@ class LoadReport:
         if self.missing:
             lines.append("  missing: " + _listing(self.missing))
         if self.mismatched:
-            lines.append(
-                "  shape-mismatched: " + _listing(f"{n} file {f} vs ours {o}" for n, f, o in self.mismatched)
-            )
+            lines.append("  shape-mismatched: " + _listing(f"{n} file {f} vs ours {o}" for n, f, o in self.mismatched))
         if self.unexpected:
             lines.append("  unexpected: " + _listing(self.unexpected))
         if self.deep_stem_random:
-            lines.append(
-                "  The deep stem conv1.* stays randomly initialised, as in the reference "
-                "(the file has no 3-conv deep stem of these shapes)."
-            )
+            lines.append("  The deep stem conv1.* stays randomly initialised, as in the reference "
+                         "(the file has no 3-conv deep stem of these shapes).")
         return "\n".join(lines)
 
 
@@ -162,11 +140,8 @@ _TIMM_MBV2_TOP = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head
 
 
 def _timm_mobilenetv2_to_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a timm ``mobilenetv2_*`` state dict to torchvision's ``features.N`` layout.
-
-    timm numbers blocks per stage (``blocks.<stage>.<i>``); torchvision numbers them consecutively
-    from ``features.1``. Inside a block the parameters correspond one to one (same shapes).
-    """
+    """A timm ``mobilenetv2_*`` state dict in torchvision's names: timm numbers blocks per stage
+    (``blocks.<stage>.<i>``), torchvision consecutively from ``features.1``; inside a block they map 1:1."""
     blocks = sorted({(int(m[1]), int(m[2])) for m in map(_TIMM_MBV2_BLOCK.match, state) if m})
     index = {b: i + 1 for i, b in enumerate(blocks)}
     out = {}
@@ -208,9 +183,7 @@ def _match_tensors(backbone: nn.Module, state: dict, report: LoadReport) -> dict
             to_load[name] = state[name]
     report.unexpected = [k for k in state if k not in ours]
     stem_names = [n for n in ours if n.startswith("conv1.")]
-    report.deep_stem_random = bool(getattr(backbone, "deep_stem", False)) and not any(
-        n in to_load for n in stem_names
-    )
+    report.deep_stem_random = bool(getattr(backbone, "deep_stem", False)) and not any(n in to_load for n in stem_names)
     return to_load
 
 
@@ -222,28 +195,18 @@ def _raise_incomplete(report: LoadReport, path, arch: str) -> None:
     if report.mismatched:
         shapes = (f"{n} file {f} vs ours {o}" for n, f, o in report.mismatched)
         problems.append("shape-mismatched " + _listing(shapes))
-    raise UserError(
-        f"{path}: strict ImageNet loading into {arch or 'the backbone'} failed: {'; '.join(problems)}. "
-        "Use a file with the same layout, or strict=False to keep those tensors random"
-    )
+    raise UserError(f"{path}: strict ImageNet loading into {arch or 'the backbone'} failed: {'; '.join(problems)}. "
+                    "Use a file with the same layout, or strict=False to keep those tensors random")
 
 
 def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = False,
                           verbose: bool = False) -> LoadReport:
-    """Copy ImageNet weights from the local file ``path`` into the backbone, by name and shape.
-
-    ``model_or_backbone``: a :class:`DeepLabV3Plus` (its ``.backbone`` is loaded) or a backbone.
-    The file is a torchvision or timm state dict (also inside ``'state_dict'`` / ``'model'``; a
-    ``module.`` / ``backbone.`` prefix is stripped; timm MobileNet-v2 names are mapped to torchvision's).
-    A tensor is loaded when the file has the same name with the same shape; everything else of ours
-    stays randomly initialised and is listed in the returned :class:`LoadReport` (printed when
-    ``verbose``). With torchvision's ResNet-18/101 file the deep stem ``conv1.*`` stays random, as in
-    the reference. Never downloads.
-
-    Raises UserError naming the file when it cannot be read, when not a single tensor matches (the
-    wrong architecture's file), or — with ``strict=True`` — when any backbone tensor is missing or
-    shape-mismatched.
-    """
+    """Copy the ImageNet weights of the local file ``path`` (a torchvision or timm state dict, also under
+    ``'state_dict'`` / ``'model'``, ``module.`` / ``backbone.`` prefixes stripped) into the backbone of
+    ``model_or_backbone`` by name and shape; the rest stays random and is listed in the returned report
+    (printed when ``verbose``): with torchvision's ResNet-18/101 files the deep stem, as in the reference.
+    UserError naming the file when it cannot be read, when no tensor matches, or with ``strict`` when any is
+    missing or mismatched. Never downloads."""
     model = _unwrap(model_or_backbone)
     backbone = model.backbone if isinstance(model, DeepLabV3Plus) else model
     arch = getattr(model, "arch", "") or getattr(backbone, "arch", "")
@@ -254,11 +217,9 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
     report = LoadReport(path=str(path), arch=arch)
     to_load = _match_tensors(backbone, state, report)
     if not to_load:
-        raise UserError(
-            f"{path}: none of its {len(state)} tensors matches the {arch or 'backbone'} backbone by name and "
-            f"shape (its names look like {_listing(list(state)[:5])}); is it the ImageNet file of this "
-            f"architecture? Use a torchvision or timm state dict, or pretrained='' for random init"
-        )
+        raise UserError(f"{path}: none of its {len(state)} tensors matches the {arch or 'backbone'} backbone by name "
+                        f"and shape (its names look like {_listing(list(state)[:5])}); is it the ImageNet file of this "
+                        f"architecture? Use a torchvision or timm state dict, or pretrained='' for random init")
     if strict and not report.complete:
         _raise_incomplete(report, path, arch)
     backbone.load_state_dict(to_load, strict=False)
@@ -271,11 +232,9 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
 
 
 def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None:
-    """Write ``model`` (a DeepLabV3Plus from build_model; DDP/compile wrappers are unwrapped) as a
-    segmentor file at ``path``, atomically. ``extra`` adds top-level keys (e.g. epoch, method); it may
-    not use the reserved ones (format, version, arch, num_classes, options, state_dict). A failed
-    write (full disk, permissions) raises UserError naming ``path``; the previous file there is kept.
-    """
+    """Write ``model`` (a DeepLabV3Plus, DDP/compile wrappers unwrapped) as a segmentor file, atomically;
+    ``extra`` adds top-level keys other than the format's. A failed write raises UserError naming ``path``
+    and keeps the previous file."""
     model = _unwrap(model)
     if not isinstance(model, DeepLabV3Plus) or model.arch not in ARCHS:
         raise TypeError("save_segmentor expects a DeepLabV3Plus made by furnace.models.build_model")
@@ -283,15 +242,9 @@ def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None
     clash = [k for k in extra if k in _RESERVED]
     if clash:
         raise ValueError(f"save_segmentor: extra keys {clash} are reserved by the file format")
-    obj = {
-        "format": SEGMENTOR_FORMAT,
-        "version": SEGMENTOR_VERSION,
-        "arch": model.arch,
-        "num_classes": int(model.num_classes),
-        "options": dict(model.build_options),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
+    obj = {"format": SEGMENTOR_FORMAT, "version": SEGMENTOR_VERSION, "arch": model.arch,
+           "num_classes": int(model.num_classes), "options": dict(model.build_options),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
     try:
         atomic_save(obj, path)
     except OSError as err:
@@ -300,10 +253,9 @@ def save_segmentor(model: nn.Module, path, extra: Optional[dict] = None) -> None
 
 
 def segmentor_record(cfg, layout=None) -> dict:
-    """What a segmentor file records about its data, so that it can be used on its own (``predict``,
-    ``export``): ``dataset``, ``class_names``, ``palette`` ([r, g, b] per class), ``ignore_index`` and the
-    evaluation settings ``eval`` = {crop, scales, flip}; names and palette from ``layout`` (default: the
-    config's, :func:`furnace.datasets.layouts.layout_of`)."""
+    """What a segmentor file records about its data so that it can be used on its own (predict, export):
+    ``dataset``, ``class_names``, ``palette``, ``ignore_index`` and ``eval`` {crop, scales, flip}; names and
+    palette from ``layout`` (default: the config's)."""
     from ..datasets.layouts import classes_and_palette, classes_record, layout_of
 
     names, palette = classes_and_palette(layout if layout is not None else layout_of(cfg), cfg.num_classes)
@@ -348,11 +300,9 @@ def _check_segmentor(obj, path) -> dict:
             what = f"a file of format {fmt!r}"
         else:
             what = f"a dict with keys {_listing(list(obj)[:8])}"
-        raise UserError(
-            f"{path}: not a {SEGMENTOR_FORMAT} file; it is {what}. Original release checkpoints are converted "
-            f"once with `{_CONVERT_HINT}`; training runs write segmentor files to "
-            f"<output_dir>/checkpoints/epoch-<e>.pth (latest.pth is the training state, not a segmentor)"
-        )
+        raise UserError(f"{path}: not a {SEGMENTOR_FORMAT} file; it is {what}. Original release checkpoints are "
+                        f"converted once with `{_CONVERT_HINT}`; training runs write segmentor files to "
+                        f"<output_dir>/checkpoints/epoch-<e>.pth (latest.pth is the training state, not a segmentor)")
     version = obj.get("version")
     if not isinstance(version, int) or version > SEGMENTOR_VERSION:
         raise UserError(f"{path}: segmentor file version {version!r} is newer than this furnace reads "
@@ -387,14 +337,9 @@ DECODER_INPUT_CONV = "head.last_conv.0.weight"
 
 
 def migrate_decoder_order(state: Dict[str, torch.Tensor], momentum: Optional[Dict] = None) -> List[str]:
-    """Permute, in place, every ``*head.last_conv.0.weight`` of ``state`` from the version-1 channel order
-    to the current one, so the network computes exactly what it computed under version 1.
-
-    ``momentum`` (optional): an optimizer ``state`` dict (param id -> {"momentum_buffer": tensor}); the
-    buffers of those weights are permuted too. They are recognised by shape, which only the decoder's
-    input convolution has (its input width is ASPP + reduced channels); a count that does not match is
-    an error rather than a guess. Returns the names of the permuted tensors.
-    """
+    """Permute, in place, every ``*head.last_conv.0.weight`` of ``state`` (and the matching momentum buffers
+    of an optimizer ``state``, recognised by that shape, which only the decoder's input conv has) from the
+    version-1 channel order to the current one: the network computes what it computed. Returns the names."""
     names = [k for k in state if k == DECODER_INPUT_CONV or k.endswith("." + DECODER_INPUT_CONV)]
     if not names:
         raise ValueError(f"no {DECODER_INPUT_CONV} tensor found")
@@ -441,19 +386,15 @@ def _check_tensors(model: nn.Module, state: Dict[str, torch.Tensor], where: str,
 
 
 def read_segmentor_meta(path) -> dict:
-    """``{"arch", "num_classes", "options", ...}`` of a segmentor file: every top-level entry except the
-    state dict (so also ``format``, ``version`` and any ``extra`` keys). UserError as for load_segmentor."""
+    """Every top-level entry of a segmentor file but the state dict; UserError as for :func:`load_segmentor`."""
     obj = _check_segmentor(safe_load(path), path)
     return {k: v for k, v in obj.items() if k != "state_dict"}
 
 
 def load_segmentor(path, map_location="cpu") -> DeepLabV3Plus:
-    """Rebuild the network recorded in the segmentor file ``path`` and load its weights strictly.
-
-    Returns the DeepLabV3Plus in eval mode, moved to ``map_location`` (a device or its name).
-    Raises UserError naming ``path`` when the file is missing, unreadable, not a segmentor file
-    (an original release checkpoint gets the convert_official command), or its tensors do not match.
-    """
+    """The network the segmentor file ``path`` records, weights loaded strictly, in eval mode on
+    ``map_location``; UserError naming ``path`` when it is missing, unreadable, not a segmentor file (an
+    original release gets the convert_official command) or its tensors do not match."""
     obj = _check_segmentor(safe_load(path), path)
     model = _build_from_meta(obj, path)
     state = obj["state_dict"]
@@ -505,13 +446,9 @@ def official_branch(obj, src, branch: str) -> Dict[str, torch.Tensor]:
 
 def official_to_segmentor(state: Dict[str, torch.Tensor], arch: str, num_classes: Optional[int] = None,
                           where: str = "checkpoint") -> Tuple[DeepLabV3Plus, List[str]]:
-    """Build ``arch`` at the reference layout and load one original network's ``state`` strictly.
-
-    Every tensor must map onto ours (same name and shape) or be one of the known-unused ones
-    (``OFFICIAL_UNUSED[arch]``), and every tensor of ours must be present. ``num_classes`` is taken
-    from ``classifier.weight`` unless given (a different value is an error). Returns the network in
-    eval mode and the names of the dropped unused tensors.
-    """
+    """``(network in eval mode, dropped names)``: ``arch`` at the reference layout with one original network's
+    ``state`` loaded strictly (every tensor ours or in ``OFFICIAL_UNUSED[arch]``, none of ours missing); the class
+    count is the classifier's (``num_classes``, when given, must agree)."""
     if arch not in ARCHS:
         raise UserError(f"--arch {arch!r} is not one of {', '.join(ARCHS)}")
     cls = state.get("classifier.weight")
@@ -548,13 +485,9 @@ def dataset_record(dataset: str, num_classes: int, where: str) -> dict:
 
 def convert_official(src, dst, arch: str, branch: str = "branch1", num_classes: Optional[int] = None,
                      dataset: Optional[str] = None) -> dict:
-    """Convert network ``branch`` of the original release file ``src`` into our segmentor file ``dst``.
-
-    The result gives exactly the original network's logits (same layout, same tensors). Returns a
-    summary ``{"arch", "num_classes", "tensors", "dropped", "dst"}``. ``dataset`` (voc | cityscapes)
-    records its class names and palette in the file, for ``furnace.tools.predict``. UserError on a missing/unreadable
-    file, an absent branch, unknown or mismatched tensors (listed), or a class-count mismatch.
-    """
+    """Convert network ``branch`` of the original release file ``src`` into our segmentor file ``dst`` (exactly
+    the original's logits); ``dataset`` (voc | cityscapes) records its classes and palette. Returns
+    ``{"arch", "num_classes", "tensors", "dropped", "dst"}``; UserError naming what does not fit."""
     if Path(dst).resolve() == Path(src).resolve():
         raise UserError(f"{dst}: the destination is the source file; write the converted file elsewhere")
     state = official_branch(safe_load(src), src, branch)
