@@ -1,25 +1,9 @@
-"""Training state on disk: ``latest.pth`` (everything needed to resume) and per-epoch snapshots.
-
-Run directory layout (``cfg.output_dir``)::
-
-    checkpoints/latest.pth        full training state, rewritten every epoch / save_every_iters
-    checkpoints/epoch-<e>.pth     segmentor file of method.eval_network() after epoch e (1-based)
-    checkpoints/eval_results.json val metrics per snapshot: the run's final evaluation and every eval.py
-
-``latest.pth`` holds only tensors and plain Python values so that it loads with ``weights_only=True``:
-
-    format "mgd-ssss.train-state", version 2 (version 1: the decoder's old channel order, refused),
-    method      method.state_dict() (the trained networks; frozen teachers are not in it)
-    optimizer   optimizer.state_dict() (momentum buffers)
-    scaler      GradScaler.state_dict() ({} unless fp16 AMP)
-    epoch       0-based epoch in progress; iter_in_epoch: iterations of it already done
-    global_iter completed optimizer steps = the LR-schedule position
-    rng         one dict per rank: python / numpy / torch CPU / CUDA generator states (engine/rng.py)
-    world_size  process count that wrote it (RNG states are per rank)
-    config      the resolved config as a plain dict
-"""
+"""A run's files in ``<output_dir>/checkpoints/``: ``latest.pth`` (the full training state, rewritten every epoch
+and ``save_every_iters``), ``epoch-<e>.pth`` (segmentor file of ``method.eval_network()`` after 1-based epoch e)
+and ``eval_results.json`` (val metrics per snapshot, from the run's final evaluation and every eval.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,11 +11,11 @@ import sys
 from pathlib import Path
 
 from ..config import config_to_dict
-from ..models.weights import old_decoder_order_message
+from ..models.weights import load_segmentor, old_decoder_order_message, save_segmentor
 from ..utils import UserError, atomic_save, safe_load
 
 TRAIN_STATE_FORMAT = "mgd-ssss.train-state"
-TRAIN_STATE_VERSION = 2
+TRAIN_STATE_VERSION = 2  # version 1: the decoder's old channel order, refused
 
 
 def checkpoint_dir(cfg) -> Path:
@@ -47,54 +31,39 @@ def snapshot_path(cfg, epoch: int) -> Path:
 
 
 def keep_snapshot(epoch: int, total_epochs: int, last: int, every: int) -> bool:
-    """Whether the snapshot after 1-based ``epoch`` is written.
-
-    The rule: the last ``last`` epochs of the run, every ``every``-th epoch (when ``every`` > 0), and
-    always the final epoch. With 34 epochs and last=14 that is epochs 21..34.
-    """
+    """Whether the snapshot after 1-based ``epoch`` is written: the last ``last`` epochs, every ``every``-th
+    (when > 0) and always the final one (34 epochs, last=14: epochs 21..34)."""
     return epoch >= total_epochs or epoch > total_epochs - last or (every > 0 and epoch % every == 0)
 
 
-# ----------------------------------------------------------------------------- latest.pth
-
-
 def save_training_state(path, *, method, optimizer, scaler, epoch, iter_in_epoch, global_iter, rng, cfg) -> None:
-    """Write ``latest.pth`` atomically (call on rank 0 only; ``rng`` is the list of per-rank states).
-
-    A failed write (full disk, permissions, an interruption inside ``torch.save``) leaves the previous
-    file intact and raises UserError naming the path and the cause.
-    """
+    """Write ``latest.pth`` atomically, on rank 0 only; ``rng`` is the list of per-rank generator states.
+    Tensors and plain values only (loads with ``weights_only=True``). A failed write keeps the previous file
+    and raises UserError naming the path and the cause."""
     state = {
-        "format": TRAIN_STATE_FORMAT,
-        "version": TRAIN_STATE_VERSION,
-        "method": method.state_dict(),
+        "format": TRAIN_STATE_FORMAT, "version": TRAIN_STATE_VERSION,
+        "method": method.state_dict(),  # the trained networks; frozen teachers are not in it
         "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "epoch": int(epoch),
-        "iter_in_epoch": int(iter_in_epoch),
-        "global_iter": int(global_iter),
-        "rng": list(rng),
-        "world_size": len(rng),
+        "scaler": scaler.state_dict() if scaler is not None else {},  # {} unless fp16 AMP
+        "epoch": int(epoch), "iter_in_epoch": int(iter_in_epoch),  # 0-based epoch in progress, iterations of it done
+        "global_iter": int(global_iter),  # optimizer steps done = the LR-schedule position
+        "rng": list(rng), "world_size": len(rng),  # RNG states are per rank
         "config": config_to_dict(cfg),
     }
     try:
         atomic_save(state, path)
     except Exception as err:
-        raise UserError(
-            f"{path}: writing the training checkpoint failed ({type(err).__name__}: {err}); the previous "
-            "file there, if any, is unchanged. Free disk space or fix permissions, then continue with "
-            "--resume auto"
-        ) from err
+        raise UserError(f"{path}: writing the training checkpoint failed ({type(err).__name__}: {err}); the previous "
+                        "file there, if any, is unchanged. Free disk space or fix permissions, then continue with "
+                        "--resume auto") from err
 
 
 def load_training_state(path) -> dict:
     """Read a ``latest.pth`` written by :func:`save_training_state`; UserError naming the file otherwise."""
     state = safe_load(path, map_location="cpu")
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise UserError(
-            f"{path}: not a furnace training checkpoint (latest.pth); to evaluate or fine-tune from a "
-            "snapshot or released weights, use eval.py or the model's pretrained/teacher settings"
-        )
+        raise UserError(f"{path}: not a furnace training checkpoint (latest.pth); to evaluate or fine-tune from a "
+                        "snapshot or released weights, use eval.py or the model's pretrained/teacher settings")
     if state.get("version") == 1:
         raise UserError(old_decoder_order_message(path, "training checkpoint", 1))
     if state.get("version") != TRAIN_STATE_VERSION:
@@ -104,11 +73,8 @@ def load_training_state(path) -> dict:
 
 
 def find_resume(cfg, resume: str) -> Path | None:
-    """The checkpoint to resume from: None for a fresh start.
-
-    ``""`` -> fresh; ``"auto"`` -> ``checkpoints/latest.pth`` of ``cfg.output_dir`` when it exists,
-    fresh otherwise; anything else is a path that must exist.
-    """
+    """The ``latest.pth`` to resume from, None for a fresh start: ``""`` fresh; ``"auto"`` the run's own when it
+    exists; anything else a path that must exist."""
     if not resume:
         return None
     if resume == "auto":
@@ -121,45 +87,30 @@ def find_resume(cfg, resume: str) -> Path | None:
 
 
 def remove_stale_temporaries(cfg) -> list[Path]:
-    """Delete the partial files that saves killed mid-write (``kill -9``, power loss) left in
-    ``checkpoints/``: ``atomic_save`` writes ``.<name>.<random>.tmp`` and renames it only when
-    complete, so these are never a checkpoint. Returns the removed paths (call on rank 0)."""
+    """Delete (on rank 0) the ``.<name>.<random>.tmp`` files of saves killed mid-write (``kill -9``, power loss);
+    ``atomic_save`` renames only complete files, so these are never a checkpoint. Returns the removed paths."""
     removed = []
     for path in checkpoint_dir(cfg).glob(".*.pth.*.tmp"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
-        except FileNotFoundError:
-            pass
     return removed
-
-
-# ----------------------------------------------------------------------------- snapshots
 
 
 def save_snapshot(network, path, extra: dict) -> None:
     """Write ``network`` as a segmentor file (``furnace.models.save_segmentor``, atomic)."""
-    from furnace.models import save_segmentor
-
     try:
         save_segmentor(network, path, extra=extra)
     except UserError as err:
         raise UserError(f"{err}, then continue with --resume auto") from err
     except Exception as err:
-        raise UserError(
-            f"{path}: writing the snapshot failed ({type(err).__name__}: {err}); free disk space or fix "
-            "permissions, then continue with --resume auto"
-        ) from err
+        raise UserError(f"{path}: writing the snapshot failed ({type(err).__name__}: {err}); free disk space or fix "
+                        "permissions, then continue with --resume auto") from err
 
 
 def load_snapshot(path, map_location="cpu"):
     """Read a segmentor file back as a network in eval mode (``furnace.models.load_segmentor``)."""
-    from furnace.models import load_segmentor
-
     return load_segmentor(path, map_location=map_location)
-
-
-# ----------------------------------------------------------------------------- evaluation results
 
 
 def eval_results_file(snapshot) -> Path:
@@ -179,17 +130,13 @@ def _json_number(v):
 
 def eval_entry(epoch: int, path, res: dict, cfg) -> dict:
     """One snapshot's record in ``eval_results.json`` (metrics of ``Evaluator.run`` and the eval settings)."""
-    return {
-        "epoch": epoch, "path": str(path), "miou": _json_number(res["miou"]),
-        "pixel_acc": _json_number(res["pixel_acc"]),
-        "iou": {n: _json_number(v) for n, v in zip(res["class_names"], res["iou"])},
-        "eval": eval_settings(cfg),
-    }
+    return {"epoch": epoch, "path": str(path), "miou": _json_number(res["miou"]),
+            "pixel_acc": _json_number(res["pixel_acc"]),
+            "iou": {n: _json_number(v) for n, v in zip(res["class_names"], res["iou"])}, "eval": eval_settings(cfg)}
 
 
 def read_eval_results(path) -> dict:
-    """The entries (snapshot file name -> :func:`eval_entry`) of the results file at ``path``; {} if it is
-    missing or unreadable."""
+    """The entries (snapshot file name -> :func:`eval_entry`) of the results file ``path``; {} if unreadable."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -199,17 +146,15 @@ def read_eval_results(path) -> dict:
 
 
 def write_eval_results(path, entries: dict, last: str, best: str | None = None) -> bool:
-    """Merge ``entries`` (snapshot file name -> :func:`eval_entry`) into the results file at ``path``
-    (atomic). ``best`` None -> the merged entry with the highest mIoU. False (with a warning) if it cannot
-    be written: the metrics were printed already, and losing the file must not end a run."""
+    """Merge ``entries`` (file name -> :func:`eval_entry`) into the results file ``path`` atomically; ``best`` None:
+    the highest mIoU. False, with a warning, if it cannot be written: the metrics were printed, the run goes on."""
     path = Path(path)
     results = {**read_eval_results(path), **entries}
     if best is None:
         best = max(results, key=lambda n: results[n].get("miou") or -1.0)  # None (no finite mIoU) ranks last
-    text = json.dumps({"results": results, "last": last, "best": best}, indent=2)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text + "\n")
+        tmp.write_text(json.dumps({"results": results, "last": last, "best": best}, indent=2) + "\n")
         os.replace(tmp, path)
     except OSError as err:
         print(f"warning: could not write {path} ({err}); the results above are not saved", file=sys.stderr)

@@ -1,8 +1,5 @@
-"""What the command lines of :mod:`furnace.run` share: the exit on a UserError, the KEY=VALUE parser,
-and the ``-e`` snapshot selection of ``eval.py``.
-
-A UserError anywhere prints ``error: <message>`` on stderr and exits with status 2, without a traceback.
-"""
+"""What the command lines of :mod:`furnace.run` share: the exit on a UserError (``error: <message>``, status 2),
+the KEY=VALUE parser and ``eval.py``'s ``-e`` snapshot selection."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +14,7 @@ from . import dist
 
 
 def user_errors():
-    """:func:`furnace.utils.user_errors` for a process of a (possibly distributed) run: the message names
-    the rank when there are several, and the process leaves its group before it exits."""
+    """:func:`furnace.utils.user_errors` naming the rank when there are several; the process leaves its group."""
     return _user_errors(prefix=lambda: f"[rank {dist.get_rank()}] " if dist.get_world_size() > 1 else "",
                         cleanup=dist.cleanup)
 
@@ -29,50 +25,33 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-# ----------------------------------------------------------------------------- eval
-
-
-def _snapshot_epochs(directory: Path) -> dict[int, Path]:
-    found = {}
-    for path in directory.glob("epoch-*.pth"):
-        m = re.fullmatch(r"epoch-(\d+)\.pth", path.name)
-        if m:
-            found[int(m.group(1))] = path
-    return found
+def _epoch_of(path: Path) -> int | None:
+    m = re.fullmatch(r"epoch-(\d+)\.pth", path.name)
+    return int(m.group(1)) if m else None
 
 
 def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]], list[int]]:
-    """The checkpoints an ``-e`` value names: ``([(epoch or None, path), ...] in epoch order, missing)``.
-
-    ``last`` -> the highest ``epoch-<e>.pth`` in ``ckpt_dir``; ``all`` -> every one; ``20-33`` ->
-    those of epochs 20..33 that exist (``missing`` lists the others); ``25`` -> that epoch;
-    comma-separated lists combine; anything naming a file (``*.pth`` or containing a path separator)
-    is taken as that file. UserError when a part matches nothing.
-    """
+    """The checkpoints an ``-e`` value names: ``([(epoch or None, path), ...] in epoch order, missing epochs)``.
+    Comma-separated parts: ``last`` (the highest ``epoch-<e>.pth`` in ``ckpt_dir``), ``all``, ``25``, ``20-33``
+    (those that exist), or a file (``*.pth`` or a path). UserError when a part matches nothing."""
     ckpt_dir = Path(ckpt_dir)
-    available = _snapshot_epochs(ckpt_dir) if ckpt_dir.is_dir() else {}
+    available = {e: p for p in ckpt_dir.glob("epoch-*.pth") if (e := _epoch_of(p)) is not None} \
+        if ckpt_dir.is_dir() else {}
     avail_text = (f"available epochs: {ranges(sorted(available))}" if available
                   else f"no epoch-<e>.pth in {ckpt_dir}; train first or give -e PATH")
-    chosen: dict = {}
-    missing: list[int] = []
+    chosen, missing = {}, []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
         if part.endswith(".pth") or os.sep in part or "/" in part:
             path = Path(part)
             if not path.is_file():
                 raise UserError(f"-e {part}: file not found")
-            m = re.fullmatch(r"epoch-(\d+)\.pth", path.name)
-            chosen[(path.resolve())] = (int(m.group(1)) if m else None, path)
+            chosen[path.resolve()] = (_epoch_of(path), path)
             continue
-        if part == "all":
+        if part in ("all", "last"):
             if not available:
-                raise UserError(f"-e all: {avail_text}")
-            chosen.update({available[e].resolve(): (e, available[e]) for e in available})
-            continue
-        if part == "last":
-            if not available:
-                raise UserError(f"-e last: {avail_text}")
-            e = max(available)
-            chosen[available[e].resolve()] = (e, available[e])
+                raise UserError(f"-e {part}: {avail_text}")
+            for e in available if part == "all" else [max(available)]:
+                chosen[available[e].resolve()] = (e, available[e])
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
@@ -86,17 +65,16 @@ def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]]
             raise UserError(f"-e {part}: no snapshot of those epochs in {ckpt_dir}; {avail_text}")
         for e in hits:
             chosen[available[e].resolve()] = (e, available[e])
-    items = list(chosen.values())
-    items.sort(key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0, str(t[1])))
+    items = sorted(chosen.values(), key=lambda t: (t[0] is None, t[0] or 0, str(t[1])))
     return items, sorted(set(missing))
 
 
 def ranges(epochs: list[int]) -> str:
-    parts, start = [], None
-    for i, e in enumerate(epochs):
-        if start is None:
-            start = e
-        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
-            parts.append(str(start) if start == e else f"{start}-{e}")
-            start = None
-    return ", ".join(parts)
+    """Sorted epochs as ranges: ``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    runs = []
+    for e in epochs:
+        if runs and runs[-1][1] == e - 1:
+            runs[-1][1] = e
+        else:
+            runs.append([e, e])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -1,12 +1,9 @@
-"""Distributed state: one process per device, started by ``torchrun`` or as a plain single process.
-
-``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous variables) for every
-process, on one node or several; without them the process runs alone and every helper here degrades to
-the obvious single-process behaviour, so callers never branch on "am I distributed".
-"""
+"""Distributed state: one process per device, started by ``torchrun`` (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)
+or alone, where every helper degrades to the single-process behaviour: callers never branch on it."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -18,8 +15,7 @@ import torch.distributed as tdist
 
 from ..utils import UserError
 
-_STATE = {"device": torch.device("cpu"), "owns_group": False}
-_GLOO_SETTLE_SECONDS = 0.1
+_STATE = {"owns_group": False}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -31,8 +27,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def env_world_size() -> int:
-    """The process count ``torchrun`` announces (``WORLD_SIZE``, 1 without it), known before joining
-    the group: checks that every process fails alike (a config error) run before the rendezvous."""
+    """``WORLD_SIZE`` (1 without it), known before the rendezvous so that config errors stop every process alike."""
     return _env_int("WORLD_SIZE", 1)
 
 
@@ -45,16 +40,13 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     if not torch.cuda.is_available():
         raise UserError("config: device='cuda' but no CUDA device is visible; use device=cpu or device=auto")
     if local_rank >= torch.cuda.device_count():
-        raise UserError(
-            f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-            "start at most one process per GPU (torchrun --nproc_per_node)"
-        )
+        raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                        "start at most one process per GPU (torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
 
 
 def _backend(dev: torch.device) -> str:
-    """NCCL on CUDA, gloo on CPU; the ``DIST_BACKEND`` environment variable (nccl | gloo) overrides it
-    (gloo also runs collectives on CUDA tensors, e.g. several processes sharing one GPU)."""
+    """NCCL on CUDA, gloo on CPU; ``DIST_BACKEND=nccl|gloo`` overrides (gloo lets several processes share a GPU)."""
     chosen = os.environ.get("DIST_BACKEND", "").strip().lower()
     if chosen not in ("", "nccl", "gloo"):
         raise UserError(f"environment: DIST_BACKEND={chosen!r} is not nccl or gloo (or unset)")
@@ -64,36 +56,24 @@ def _backend(dev: torch.device) -> str:
 
 
 def setup(device: str = "auto") -> tuple[int, int, torch.device]:
-    """Join the process group ``torchrun`` describes (idempotent) and pick this process's device.
-
-    Returns ``(rank, world_size, device)``. NCCL when the device is CUDA, gloo on CPU
-    (``DIST_BACKEND`` overrides, see :func:`_backend`). With
-    ``WORLD_SIZE`` unset or 1 no group is created.
-    """
+    """Join the process group ``torchrun`` describes (idempotent), pick the device: ``(rank, world_size, device)``."""
     world = env_world_size()
-    local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, _env_int("LOCAL_RANK", 0))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    _STATE["device"] = dev
     if world > 1 and not tdist.is_initialized():
         backend = _backend(dev)
-        kwargs = {"device_id": dev} if backend == "nccl" else {}
-        tdist.init_process_group(backend=backend, init_method="env://", **kwargs)
+        tdist.init_process_group(backend, init_method="env://", **({"device_id": dev} if backend == "nccl" else {}))
         _STATE["owns_group"] = True
         atexit.register(cleanup)
     return get_rank(), get_world_size(), dev
 
 
 def cleanup() -> None:
-    """Leave the process group if :func:`setup` created it (registered with ``atexit``).
-
-    The short sleep releases the GIL so that gloo's worker threads drop their last tensors while the
-    interpreter is still whole; otherwise a finished run can die of SIGABRT at exit (docs/notes.md).
-    """
+    """Leave the process group if :func:`setup` created it (registered with ``atexit``)."""
     if _STATE["owns_group"] and tdist.is_initialized():
         tdist.destroy_process_group()
-        time.sleep(_GLOO_SETTLE_SECONDS)
+        time.sleep(0.1)  # lets gloo's threads drop their tensors before exit, else SIGABRT (docs/notes.md)
     _STATE["owns_group"] = False
 
 
@@ -114,34 +94,19 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
-def comm_device() -> torch.device:
-    """Where collective tensors must live: the CUDA device for NCCL, CPU for gloo."""
-    if is_dist() and tdist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    if is_dist():
-        tdist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes; returns a new tensor on the input's device and dtype."""
     if not is_dist():
         return tensor.clone()
-    buf = tensor.detach().to(comm_device()).clone()
+    nccl = tdist.get_backend() == "nccl"  # NCCL collectives need CUDA tensors, gloo CPU ones
+    buf = tensor.detach().to(torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu").clone()
     tdist.all_reduce(buf, op=tdist.ReduceOp.SUM)
     return buf.to(tensor.device)
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy every buffer of ``module`` (BN running statistics) from rank ``src`` to all processes.
-
-    Without SyncBatchNorm each process updates its own running statistics; DDP re-broadcasts rank
-    0's at the start of every forward, so evaluating or saving in between must do the same to see
-    the network rank 0 saves.
-    """
+    """Copy every buffer of ``module`` from rank ``src`` to all processes: without SyncBatchNorm each
+    updates its own BN statistics, and DDP only re-broadcasts rank 0's at the next forward."""
     if is_dist():
         for buf in module.buffers():
             tdist.broadcast(buf.data, src=src)
@@ -157,14 +122,9 @@ def all_gather_object(obj: Any) -> list:
 
 
 def run_on_main(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 while the others wait; an error there is raised on every process.
-
-    Used for file writes: a failing write on rank 0 must not leave the other ranks blocked in a
-    barrier, so success is shared through a collective instead. Returns ``fn()`` on rank 0, None
-    elsewhere.
-    """
-    error: BaseException | None = None
-    result = None
+    """``fn()`` on rank 0 (None elsewhere) while the others wait; an error there is raised on every process,
+    so a failed file write never leaves the other ranks blocked."""
+    error, result = None, None
     if is_main():
         try:
             result = fn()
@@ -180,11 +140,8 @@ def run_on_main(fn: Callable[[], Any]) -> Any:
 
 
 def sync_batchnorm(module: torch.nn.Module, backbones: bool = True) -> torch.nn.Module:
-    """``module`` with its BatchNorms as SyncBatchNorm (statistics over every process's micro-batch).
-
-    ``backbones=False`` leaves every submodule named ``backbone`` per process: the original trained its
-    MobileNet-v2 students that way (plain BN over each GPU's 2 images), with the heads synchronised.
-    """
+    """``module`` with its BatchNorms as SyncBatchNorm; ``backbones=False`` leaves submodules named ``backbone``
+    per process, as the original trained its MobileNet-v2 students (plain BN over each GPU's 2 images)."""
     if backbones:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
@@ -198,10 +155,8 @@ def sync_batchnorm(module: torch.nn.Module, backbones: bool = True) -> torch.nn.
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``cfg.amp`` on ``device``; None = full precision (always on CPU).
-
-    ``auto`` picks bfloat16 where the GPU supports it (no loss scaling needed), else float16.
-    """
+    """Autocast dtype for ``cfg.amp`` on ``device``; None = full precision (always on CPU); ``auto``: bf16 if
+    supported (no loss scaling), else fp16."""
     if device.type != "cuda" or amp == "none":
         return None
     if amp == "auto":
@@ -210,25 +165,15 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 class StopRequest:
-    """SIGTERM / SIGINT handler for the duration of a ``with`` block.
-
-    The first signal only sets ``requested``: the loop finishes the current iteration, saves and exits.
-    The same signal again, a second or more later, aborts at once (KeyboardInterrupt). Other repeats
-    are ignored: Ctrl-C on ``torchrun`` reaches each worker twice (from the terminal and forwarded by
-    torchrun), and that must not skip the save.
-    """
+    """SIGTERM / SIGINT handler for a ``with`` block: the first signal sets ``requested`` (the loop saves and
+    exits); the same signal ``ABORT_AFTER_S`` or more later raises KeyboardInterrupt. Other repeats are
+    ignored: Ctrl-C on ``torchrun`` reaches each worker twice, and that must not skip the save."""
 
     ABORT_AFTER_S = 1.0
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self, announce: bool = True):
-        self._pid = os.getpid()
-        self.requested = False
-        self.signum = 0
-        self._first_at = 0.0
-        self.announce = announce
-        self._previous = {}
+        self._pid, self.announce, self._previous = os.getpid(), announce, {}
+        self.requested, self.signum, self._first_at = False, 0, 0.0
 
     def _handle(self, signum, frame):
         if os.getpid() != self._pid:
@@ -239,19 +184,15 @@ class StopRequest:
             return
         self.requested, self.signum, self._first_at = True, signum, time.monotonic()
         if self.announce:
-            sys.stderr.write(f"\nreceived {signal.Signals(signum).name}: finishing the current iteration, then "
-                             "saving checkpoints/latest.pth (send it again to abort without saving)\n")
-            sys.stderr.flush()
+            print(f"\nreceived {signal.Signals(signum).name}: finishing the current iteration, then saving "
+                  "checkpoints/latest.pth (send it again to abort without saving)", file=sys.stderr, flush=True)
 
     def __enter__(self):
-        for s in self.SIGNALS:
-            try:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: signals cannot be caught here
                 self._previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
         return self
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-        return False

@@ -1,10 +1,7 @@
-"""What a run reports: a tqdm bar (rank 0), ``log.txt`` and TensorBoard (``tb/``) in the run directory.
+"""What a run reports: a tqdm bar, ``log.txt`` and TensorBoard (``tb/``) in the run directory, on rank 0 only.
 
-Every method is a no-op on ranks other than 0, so the training loop calls them unconditionally.
-A log that cannot be written (full disk, a vanished mount) never stops or stalls training: the
-sink that failed is switched off with one warning on stderr, and the next checkpoint write — which
-is atomic and reports its own failure — decides whether the run can go on.
-"""
+A log that cannot be written never stops or stalls training: the failed sink is switched off with one warning,
+and the next (atomic, self-reporting) checkpoint write decides whether the run can go on."""
 from __future__ import annotations
 
 import contextlib
@@ -18,39 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..config import config_to_dict
+from ..datasets.layouts import colorize
 from ..datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..utils import UserError
-
-
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    return str(datetime.timedelta(seconds=int(seconds)))
-
-
-def denormalize(images: torch.Tensor) -> np.ndarray:
-    """(B,3,H,W) ImageNet-normalised float tensor -> (B,H,W,3) uint8 RGB."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = images.detach().float().cpu() * std + mean
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+from .evaluator import format_results
 
 
 class TrainLogger:
-    """Progress bar, text log and TensorBoard writer of one training run.
+    """Progress bar, text log and TensorBoard writer of one run; every method is a no-op unless ``enabled``.
+    The loop sets ``total_iters`` (where the run stops: bar and ETA) and ``start_iter`` (after a resume)."""
 
-    ``enabled`` is True on rank 0 only. ``total_iters`` is where the run will stop (for the bar and
-    the ETA), ``start_iter`` the global iteration it starts from (non-zero after a resume).
-    """
-
-    def __init__(self, output_dir, *, enabled: bool, total_iters: int = 0, start_iter: int = 0,
-                 log_every: int = 20):
-        self.enabled = enabled
-        self.log_every = max(1, int(log_every))
-        self.total_iters = total_iters
-        self.start_iter = start_iter
+    def __init__(self, output_dir, *, enabled: bool, log_every: int = 20):
+        self.enabled, self.log_every = enabled, max(1, int(log_every))
+        self.total_iters = self.start_iter = 0
         self._t0 = time.time()
         self._window: dict[str, list[float]] = {}
         self._file = self._tb = self._bar = None
@@ -71,17 +51,17 @@ class TrainLogger:
             raise UserError(f"{out}: cannot write the run's logs there ({type(err).__name__}: {err}); free disk "
                             f"space, fix permissions or choose another output_dir=") from err
 
-    # -- sinks that may fail
-    def _warn_off(self, what, err: BaseException) -> None:
-        message = (f"warning: {what}: writing the log failed ({type(err).__name__}: {err}); it is off for the rest "
-                   f"of this run and training goes on. Free disk space before the next checkpoint is written "
-                   f"(checkpoints are atomic: a failed write keeps the previous file and stops with an error)")
+    def _print(self, message: str, file=None) -> None:
         if self._bar is not None:
-            from tqdm import tqdm
-
-            tqdm.write(message, file=sys.stderr)
+            tqdm.write(message, file=file)  # above the bar
         else:
-            print(message, file=sys.stderr, flush=True)
+            print(message, file=file, flush=True)
+
+    def _warn_off(self, what, err: BaseException) -> None:
+        self._print(f"warning: {what}: writing the log failed ({type(err).__name__}: {err}); it is off for the rest "
+                    f"of this run and training goes on. Free disk space before the next checkpoint is written "
+                    f"(checkpoints are atomic: a failed write keeps the previous file and stops with an error)",
+                    file=sys.stderr)
 
     def _write(self, text: str) -> None:
         if self._file is None:
@@ -95,29 +75,20 @@ class TrainLogger:
                 file.close()
             self._warn_off(self._file_path, err)
 
-    def _tb_off(self, err: OSError) -> None:
-        self._tb = None
-        self._warn_off(self._tb_dir, err)
-
     def _tb_call(self, method: str, *args, **kwargs) -> None:
         if self._tb is None:
             return
         try:
             getattr(self._tb, method)(*args, **kwargs)
         except OSError as err:
-            self._tb_off(err)
+            self._tb = None
+            self._warn_off(self._tb_dir, err)
 
-    # -- text
     def info(self, message: str) -> None:
         """One line to the console (above the bar) and to log.txt."""
         if not self.enabled:
             return
-        if self._bar is not None:
-            from tqdm import tqdm
-
-            tqdm.write(message)
-        else:
-            print(message, flush=True)
+        self._print(message)
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         self._write("".join(f"[{stamp}] {line}\n" for line in message.splitlines() or [""]))
 
@@ -129,27 +100,22 @@ class TrainLogger:
         self._write(f"config:\n{text}\n")
         self.info(f"run directory {cfg.output_dir}; config written to log.txt")
 
-    # -- training progress
     def start_bar(self) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         self._t0 = time.time()
         self._bar = tqdm(total=self.total_iters, initial=self.start_iter, dynamic_ncols=True,
                          mininterval=1.0, desc="train", unit="it")
 
-    def iteration(self, global_iter: int, epoch: int, epochs: int, losses: dict, lr: float,
-                  images_per_s: float) -> None:
-        """After optimizer step ``global_iter`` (1-based count): bar every step, log line + TB every
-        ``log_every`` steps (loss values averaged over the window)."""
+    def iteration(self, global_iter: int, epoch: int, epochs: int, losses: dict, lr: float, images_per_s: float):
+        """After optimizer step ``global_iter`` (1-based): the bar every step, a log line and TB scalars
+        (losses averaged over the window) every ``log_every`` steps."""
         if not self.enabled:
             return
         for k, v in losses.items():
             self._window.setdefault(k, []).append(v)
         if self._bar is not None:
-            self._bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"},
-                                  refresh=False)
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"}, refresh=False)
             self._bar.update(1)
         if global_iter % self.log_every and global_iter != self.total_iters:
             return
@@ -160,23 +126,21 @@ class TrainLogger:
         self._tb_call("add_scalar", "train/lr", lr, global_iter)
         self._tb_call("add_scalar", "train/images_per_s", images_per_s, global_iter)
         done = global_iter - self.start_iter
-        elapsed = time.time() - self._t0
-        eta = elapsed / done * (self.total_iters - global_iter) if done > 0 else float("nan")
+        eta = (time.time() - self._t0) / done * (self.total_iters - global_iter) if done > 0 else float("nan")
+        eta_text = str(datetime.timedelta(seconds=int(eta))) if math.isfinite(eta) and eta >= 0 else "?"
         terms = " ".join(f"{k} {v:.4f}" for k, v in means.items())
         self.info(f"epoch {epoch + 1}/{epochs} it {global_iter}/{self.total_iters} lr {lr:.3e} {terms} "
-                  f"{images_per_s:.1f} img/s eta {_fmt_duration(eta)}")
+                  f"{images_per_s:.1f} img/s eta {eta_text}")
 
     def images(self, global_iter: int, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
                palette: np.ndarray) -> None:
-        """TB image per sample: input | ground truth | prediction, side by side.
-
-        ``images`` (B,3,H,W) normalised, ``labels`` / ``preds`` (B,H,W) class indices (255 = ignore).
-        """
+        """TB image per sample, input | ground truth | prediction: ``images`` (B,3,H,W) ImageNet-normalised,
+        ``labels`` / ``preds`` (B,H,W) class indices (255 = ignore)."""
         if not self.enabled:
             return
-        from ..datasets.layouts import colorize
-
-        rgb = denormalize(images)
+        x = images.detach().float().cpu() * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) \
+            + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        rgb = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i in range(rgb.shape[0]):
             row = np.concatenate([rgb[i], colorize(labels[i].cpu().numpy(), palette),
                                   colorize(preds[i].cpu().numpy(), palette)], axis=1)
@@ -186,8 +150,6 @@ class TrainLogger:
         """mIoU, pixel accuracy and per-class IoU (tagged with class names) to TB, the table to log.txt."""
         if not self.enabled:
             return
-        from .evaluator import format_results
-
         self._tb_call("add_scalar", f"{prefix}/miou", result["miou"], step)
         self._tb_call("add_scalar", f"{prefix}/pixel_acc", result["pixel_acc"], step)
         for name, iou in zip(result["class_names"], result["iou"]):

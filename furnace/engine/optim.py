@@ -6,11 +6,8 @@ from torch import nn
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Split the trainable parameters of ``module`` into a decayed and a non-decayed group.
-
-    Biases and normalisation weights (every parameter with ``ndim <= 1``) get no weight decay;
-    convolution and linear weights get ``weight_decay``. Empty groups are dropped.
-    """
+    """The trainable parameters of ``module`` in non-empty groups: ``weight_decay`` for conv/linear weights,
+    none for biases and normalisation weights (``ndim <= 1``)."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -25,19 +22,11 @@ def build_optimizer(module: nn.Module, cfg) -> torch.optim.SGD:
 
 
 def poly_lr(base_lr: float, it: int, total: int, power: float = 0.9, warmup_iters: int = 0) -> float:
-    """Learning rate for the iteration that starts after ``it`` completed iterations (0-based).
-
-    ``base_lr * (1 - it/total) ** power``, multiplied during the first ``warmup_iters`` iterations by
-    the linear ramp ``(it + 1) / warmup_iters`` (so the first step is never taken at lr 0).
-    """
+    """The lr after ``it`` completed iterations: ``base_lr * (1 - it/total) ** power``, times ``(it + 1) /
+    warmup_iters`` during the warm-up (so the first step is never taken at lr 0)."""
     if total <= 0:
         raise ValueError(f"poly_lr: total iterations must be positive, got {total}")
     lr = base_lr * max(0.0, 1.0 - it / total) ** power
     if warmup_iters > 0 and it < warmup_iters:
         lr *= (it + 1) / warmup_iters
     return lr
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

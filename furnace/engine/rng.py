@@ -20,19 +20,13 @@ def get_rng_state() -> dict:
     """This process's generator states as tensors and plain values (weights_only-loadable)."""
     version, py_state, gauss = random.getstate()
     np_key, np_state, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
+    return {
         "python": {"version": int(version), "state": [int(v) for v in py_state], "gauss": gauss},
-        "numpy": {
-            "key": str(np_key),
-            "state": torch.from_numpy(np.asarray(np_state, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
+        "numpy": {"key": str(np_key), "state": torch.from_numpy(np.asarray(np_state, dtype=np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
     }
-    return state
 
 
 def set_rng_state(state: dict) -> None:
@@ -40,9 +34,8 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state(
-        (npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-    )
+    np.random.set_state((npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -50,12 +43,8 @@ def set_rng_state(state: dict) -> None:
 
 @contextlib.contextmanager
 def preserved_cpu_rng():
-    """Run a block without letting it advance the python / numpy / torch CPU generators.
-
-    Data loading is a deterministic function of (seed, epoch, position) and must not draw from the
-    global generators the method uses (a DataLoader draws a base seed whenever an iterator starts,
-    and a resumed run starts its iterator at a different iteration than an uninterrupted one).
-    """
+    """Run a block without advancing the python / numpy / torch CPU generators: e.g. a DataLoader draws a base
+    seed whenever an iterator starts, which a resumed run does at another iteration than an uninterrupted one."""
     py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         yield

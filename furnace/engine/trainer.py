@@ -1,18 +1,8 @@
-"""The one training loop, for any method (supervised, CPS, MGD): the loop knows nothing about them.
-
-A method is an ``nn.Module`` whose parameters are exactly the trained networks; ``method(batch)``
-returns a dict of scalar losses whose ``"loss"`` is the total. The parts (method, loader, val set) are
-built above the engine, by :mod:`furnace.run`, and handed in. Names: ``method`` is the unwrapped module
-(what is saved, evaluated and snapshotted), ``ddp`` the DistributedDataParallel wrapper around it (the
-method itself in a single process) and ``ddp_call`` what each micro-batch goes through (``ddp``,
-compiled when ``cfg.compile``).
-
-One optimizer iteration consumes ``accum = global_batch / world_size / micro_batch`` micro-batches on
-every process; each micro-batch loss is scaled by ``1/accum`` and DDP averages over processes, so an
-iteration applies the gradient of the mean over the global batch whatever the number of processes.
-The loop's steps are the methods of :class:`_Loop`: ``restore``, ``iteration``, ``end_of_epoch``,
-``finish``, around a :class:`LoopState`.
-"""
+"""The one training loop, for every method. A method is an ``nn.Module`` whose parameters are exactly the trained
+networks; ``method(batch)`` returns a dict of scalar losses, ``"loss"`` the total. ``ddp`` wraps ``method`` in
+DistributedDataParallel (itself in one process); ``ddp_call`` is ``ddp``, compiled when ``cfg.compile``. An iteration
+runs ``accum = global_batch / world_size / micro_batch`` micro-batches per process, each loss scaled by ``1/accum``:
+with DDP's average over processes it applies the gradient of the global batch's mean at any process count."""
 from __future__ import annotations
 
 import contextlib
@@ -32,60 +22,25 @@ from ..utils import UserError
 from . import checkpoint as ckpt
 from . import dist
 from .evaluator import Evaluator, eval_mode
-from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
 from .logger import TrainLogger
-from .optim import build_optimizer, poly_lr, set_lr
+from .optim import build_optimizer, poly_lr
+from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_state
 
 # config keys whose change on resume is routine (not worth a note in the log)
 _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "weight_dir", "num_workers", "log_every", "tb_images_every",
                  "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name", "exp_dir"}
 
 
-def _load_state(path, method, optimizer, scaler, cfg, log) -> dict:
-    state = ckpt.load_training_state(path)
-    try:
-        method.load_state_dict(state["method"])
-    except RuntimeError as err:
-        detail = str(err).strip().splitlines()
-        raise UserError(
-            f"{path}: does not match this run's networks ({'; '.join(d.strip() for d in detail[:3])}); "
-            "it was written by another method/arch/num_classes; start fresh or fix the config"
-        ) from err
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as err:
-        raise UserError(f"{path}: optimizer state does not match this run's parameters ({err})") from err
-    if scaler.is_enabled() and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    old = state.get("config", {})
-    new = config_to_dict(cfg)
-    changed = sorted(k for k in set(old) | set(new) if k not in _ROUTINE_KEYS and old.get(k) != new.get(k))
-    if changed:
-        log.info("note: config differs from the checkpoint's in " +
-                 ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed))
-    return state
-
-
 def train(cfg, *, method, loader, val_dataset, device, resume_path=None) -> dict:
-    """Train ``method`` with the prepared config ``cfg`` (:func:`furnace.config.prepare`) on this
-    process's share, after :func:`furnace.engine.dist.setup` gave ``device``.
-
-    Under torchrun every process calls it, each with its own ``loader`` (this rank's share of every
-    global batch) and the same ``val_dataset``; :func:`furnace.run.train` builds them. ``resume_path``: a
-    ``latest.pth`` to continue from (:func:`furnace.engine.checkpoint.find_resume`), None for a fresh start.
-
-    Writes ``checkpoints/latest.pth`` every epoch (and every ``save_every_iters``), snapshots
-    ``checkpoints/epoch-<e>.pth`` by the snapshot rule, ``log.txt`` and ``tb/``. SIGTERM/SIGINT finish
-    the current iteration, save ``latest.pth`` and return with status ``"interrupted"``.
-
+    """Train ``method`` on this process's ``loader`` share with the prepared ``cfg``, on the ``device`` of
+    :func:`furnace.engine.dist.setup`; every torchrun process calls it. ``resume_path``: a ``latest.pth``, or None.
+    Writes ``checkpoints/``, ``log.txt`` and ``tb/``; SIGTERM/SIGINT finish the iteration and save ``latest.pth``.
     Returns ``dict(status="finished"|"interrupted", epoch, global_iter, total_iters, eval, miou, latest,
-    output_dir, signal)``; ``eval`` is the final evaluation, None when interrupted.
-    """
+    output_dir, signal)``; ``eval`` is the final evaluation, None when interrupted."""
     log = TrainLogger(cfg.output_dir, enabled=dist.is_main(), log_every=cfg.log_every)
     try:
         loop = _Loop(cfg, method, loader, val_dataset, device, log, resume_path)
         state = loop.restore(resume_path)
-        loop.wrap()
         loop.plan(state)
         loop.run(state)
         return loop.finish(state)
@@ -115,7 +70,13 @@ class _Loop:
     def __init__(self, cfg, method, loader, val_dataset, device, log, resume_path):
         self.cfg, self.loader, self.val_dataset = cfg, loader, val_dataset
         self.rank, self.world, self.device, self.log = dist.get_rank(), dist.get_world_size(), device, log
-        self._prepare_output_dir(resume_path)
+        log.log_config(cfg)
+        if resume_path is None and ckpt.latest_path(cfg).is_file():
+            log.info(f"warning: starting fresh; {ckpt.latest_path(cfg)} will be overwritten "
+                     "(use --resume auto to continue that run instead)")
+        stale = dist.run_on_main(lambda: ckpt.remove_stale_temporaries(cfg))
+        if stale:
+            log.info(f"removed {len(stale)} partial file(s) an interrupted save left in {ckpt.checkpoint_dir(cfg)}")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         method.to(device)
@@ -129,45 +90,48 @@ class _Loop:
         self.dtype = dist.amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
-    def _prepare_output_dir(self, resume_path) -> None:
-        cfg, log = self.cfg, self.log
-        log.log_config(cfg)
-        if resume_path is None and ckpt.latest_path(cfg).is_file():
-            log.info(f"warning: starting fresh; {ckpt.latest_path(cfg)} will be overwritten "
-                     "(use --resume auto to continue that run instead)")
-        stale = dist.run_on_main(lambda: ckpt.remove_stale_temporaries(cfg))
-        if stale:
-            log.info(f"removed {len(stale)} partial file(s) an interrupted save left in {ckpt.checkpoint_dir(cfg)}")
-
-    # -- before the first iteration -------------------------------------------------------------
-    def restore(self, resume_path) -> LoopState:
-        """A fresh :class:`LoopState`, or the one ``resume_path`` holds (networks, optimizer, RNG too)."""
+    def restore(self, path) -> LoopState:
+        """A fresh :class:`LoopState`, or the one ``path`` holds (networks, optimizer, scaler, RNG too)."""
         state = LoopState()
-        if resume_path is None:
+        if path is None:
             return state
-        saved = _load_state(resume_path, self.method, self.optimizer, self.scaler, self.cfg, self.log)
-        state.epoch, state.it_in_epoch, state.global_iter = \
-            saved["epoch"], saved["iter_in_epoch"], saved["global_iter"]
+        saved = ckpt.load_training_state(path)
+        try:
+            self.method.load_state_dict(saved["method"])
+        except RuntimeError as err:
+            detail = str(err).strip().splitlines()
+            raise UserError(
+                f"{path}: does not match this run's networks ({'; '.join(d.strip() for d in detail[:3])}); "
+                "it was written by another method/arch/num_classes; start fresh or fix the config") from err
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise UserError(f"{path}: optimizer state does not match this run's parameters ({err})") from err
+        if self.scaler.is_enabled() and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        old, new = saved.get("config", {}), config_to_dict(self.cfg)
+        changed = sorted(k for k in set(old) | set(new) if k not in _ROUTINE_KEYS and old.get(k) != new.get(k))
+        if changed:
+            self.log.info("note: config differs from the checkpoint's in " +
+                          ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed))
+        state.epoch, state.it_in_epoch, state.global_iter = saved["epoch"], saved["iter_in_epoch"], saved["global_iter"]
         if saved.get("world_size") == self.world:
             set_rng_state(saved["rng"][self.rank])
         else:
             seed_everything(self.cfg.seed + self.rank + 7919 * state.global_iter)
-            self.log.info(f"note: {resume_path} was written by {saved.get('world_size')} process(es), this run "
+            self.log.info(f"note: {path} was written by {saved.get('world_size')} process(es), this run "
                           f"has {self.world}; random streams restart (data order is unaffected)")
-        self.log.info(f"resumed from {resume_path}: epoch {state.epoch + 1}, iteration {state.global_iter}")
+        self.log.info(f"resumed from {path}: epoch {state.epoch + 1}, iteration {state.global_iter}")
         return state
 
-    def wrap(self) -> None:
-        """``ddp``: DistributedDataParallel around the method when distributed; ``ddp_call``: compiled."""
+    def plan(self, state: LoopState) -> None:
+        """DDP (and compile) around the restored method, the schedule and the evaluator."""
+        cfg, log = self.cfg, self.log
         if self.world > 1:
             self.ddp = self.ddp_call = nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.cfg.compile:
+        if cfg.compile:
             self.ddp_call = torch.compile(self.ddp)
-
-    def plan(self, state: LoopState) -> None:
-        """The schedule (iterations per epoch, accumulation, where to stop) and the evaluator."""
-        cfg, log = self.cfg, self.log
         self.ipe = ipe = int(self.loader.iters_per_epoch)
         if ipe <= 0:
             raise UserError(f"config: the training lists give 0 iterations per epoch with global_batch="
@@ -177,18 +141,15 @@ class _Loop:
         self.stop_at = stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
         self.layout = getattr(self.val_dataset, "layout", None)  # class names and palette
         self.evaluator = Evaluator(cfg, self.device, layout=self.layout)
-        self.palette = self.evaluator.palette
         log.total_iters, log.start_iter = stop_at, state.global_iter
-        dtype = self.dtype
-        log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, "
-                 f"amp {str(dtype).replace('torch.', '') if dtype else 'off'}; global batch {cfg.global_batch} = "
-                 f"{self.world} process(es) x {self.accum} micro-batch(es) x {cfg.micro_batch}; {ipe} "
-                 f"iterations/epoch x {cfg.epochs} epochs = {total} iterations"
+        amp = str(self.dtype).replace("torch.", "") if self.dtype else "off"
+        log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, amp {amp}; "
+                 f"global batch {cfg.global_batch} = {self.world} process(es) x {self.accum} micro-batch(es) x "
+                 f"{cfg.micro_batch}; {ipe} iterations/epoch x {cfg.epochs} epochs = {total} iterations"
                  + (f", stopping at {stop_at}" if stop_at < total else ""))
         if state.it_in_epoch >= ipe:  # the epoch got shorter since the checkpoint (other lists): start the next one
             state.epoch, state.it_in_epoch = state.epoch + 1, 0
 
-    # -- the loop ---------------------------------------------------------------------------------
     def run(self, state: LoopState) -> None:
         """Epochs until ``stop_at`` or a stop request (SIGTERM/SIGINT on any process)."""
         state.started = time.time()
@@ -199,7 +160,7 @@ class _Loop:
         self.log.close_bar()
 
     def run_epoch(self, state: LoopState, stop) -> None:
-        """The rest of the epoch in progress; saves ``latest.pth`` where the rules say, and on a stop."""
+        """The rest of the epoch in progress, with the saves, snapshot and evaluation the config asks for."""
         cfg = self.cfg
         with preserved_cpu_rng():
             batches = iter(self.loader.epoch(state.epoch, state.it_in_epoch))
@@ -207,7 +168,12 @@ class _Loop:
             stop_any = self.iteration(state, batches, stop)
             epoch_done = state.it_in_epoch == self.ipe
             if epoch_done:
-                self.end_of_epoch(state)
+                state.epoch, state.it_in_epoch = state.epoch + 1, 0
+                self.save_latest(state)
+                if ckpt.keep_snapshot(state.epoch, cfg.epochs, cfg.snapshot_last, cfg.snapshot_every):
+                    self.save_snapshot(state, state.epoch)
+                if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
+                    self.evaluate(state)
             elif (cfg.save_every_iters > 0 and state.global_iter % cfg.save_every_iters == 0) \
                     or state.global_iter == self.stop_at or stop_any:
                 self.save_latest(state)
@@ -220,10 +186,18 @@ class _Loop:
         """One optimizer step; True when any process was asked to stop."""
         cfg = self.cfg
         lr = poly_lr(cfg.lr, state.global_iter, self.total, cfg.lr_power, cfg.warmup_iters)
-        set_lr(self.optimizer, lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         mean, stop_any, batch = self.forward_backward(batches, stop)
-        self._check_finite(state, mean)
+        bad = [k for k, v in mean.items() if not math.isfinite(v)]
+        if bad:
+            kept = (f"{ckpt.latest_path(cfg)} keeps the state after iteration {state.last_saved}"
+                    if state.last_saved is not None else "no checkpoint was written in this session")
+            raise UserError(
+                f"iteration {state.global_iter + 1} (epoch {state.epoch + 1}): non-finite loss "
+                f"{', '.join(f'{k}={mean[k]}' for k in bad)}; training stopped without saving "
+                f"({kept}). Lower lr, check the data, or use amp=bf16/none, then --resume auto")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         state.global_iter += 1
@@ -232,14 +206,13 @@ class _Loop:
         ips = cfg.global_batch * state.done_here / max(time.time() - state.started, 1e-9)
         self.log.iteration(state.global_iter, state.epoch, cfg.epochs, mean, lr, ips)
         if cfg.tb_images_every > 0 and state.global_iter % cfg.tb_images_every == 0 and dist.is_main():
-            _log_predictions(self.log, self.method, batch, self.palette, state.global_iter, self.dtype, self.device)
+            self.log_predictions(batch, state.global_iter)
         return stop_any
 
     def forward_backward(self, batches, stop) -> tuple[dict, bool, dict]:
-        """Gradients of one optimizer iteration: ``accum`` micro-batches, each loss scaled by ``1/accum``,
-        DDP synchronising only on the last. Returns ``(mean, stop_any, last_batch)``: every loss term
-        averaged over micro-batches and processes, in one collective that also tells every process
-        whether any of them was asked to stop."""
+        """Gradients of ``accum`` micro-batches, DDP synchronising only on the last. Returns ``(mean, stop_any,
+        last_batch)``: each loss term averaged over micro-batches and processes, in one collective that also
+        tells every process whether any was asked to stop."""
         sums: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
             with preserved_cpu_rng():
@@ -256,40 +229,16 @@ class _Loop:
                 self.scaler.scale(losses["loss"] / self.accum).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / self.accum
-        keys = list(sums)
         # the stop flag is read as late as possible: a signal during this iteration stops after it
-        flags = torch.tensor(float(stop.requested), device=self.device)
-        values = dist.all_reduce_sum(torch.stack([sums[k] for k in keys] + [flags])).tolist()
-        return {k: values[i] / self.world for i, k in enumerate(keys)}, values[-1] > 0, batch
+        flag = torch.tensor(float(stop.requested), device=self.device)
+        values = dist.all_reduce_sum(torch.stack([*sums.values(), flag])).tolist()
+        return {k: v / self.world for k, v in zip(sums, values)}, values[-1] > 0, batch
 
-
-    def _check_finite(self, state: LoopState, mean: dict) -> None:
-        bad = [k for k, v in mean.items() if not math.isfinite(v)]
-        if bad:
-            kept = (f"{ckpt.latest_path(self.cfg)} keeps the state after iteration {state.last_saved}"
-                    if state.last_saved is not None else "no checkpoint was written in this session")
-            raise UserError(
-                f"iteration {state.global_iter + 1} (epoch {state.epoch + 1}): non-finite loss "
-                f"{', '.join(f'{k}={mean[k]}' for k in bad)}; training stopped without saving "
-                f"({kept}). Lower lr, check the data, or use amp=bf16/none, then --resume auto")
-
-    def end_of_epoch(self, state: LoopState) -> None:
-        """Next epoch; ``latest.pth``, the snapshot and the evaluation the config asks for."""
-        cfg = self.cfg
-        state.epoch, state.it_in_epoch = state.epoch + 1, 0
-        self.save_latest(state)
-        if ckpt.keep_snapshot(state.epoch, cfg.epochs, cfg.snapshot_last, cfg.snapshot_every):
-            self.save_snapshot(state, state.epoch)
-        if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
-            self.evaluate(state)
-
-    # -- what the loop writes ---------------------------------------------------------------------
     def save_latest(self, state: LoopState) -> None:
         rng = dist.all_gather_object(get_rng_state())
         dist.run_on_main(lambda: ckpt.save_training_state(
             ckpt.latest_path(self.cfg), method=self.method, optimizer=self.optimizer, scaler=self.scaler,
-            epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng,
-            cfg=self.cfg))
+            epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng, cfg=self.cfg))
         state.last_saved = state.global_iter
 
     def save_snapshot(self, state: LoopState, label: int) -> None:
@@ -305,6 +254,18 @@ class _Loop:
             state.result = self.evaluator.run(self.method.eval_network(), self.val_dataset)
         state.eval_at = state.global_iter
         self.log.evaluation(state.result, state.global_iter)
+
+    @torch.no_grad()
+    def log_predictions(self, batch, step: int, count: int = 2) -> None:
+        """TB images of the eval network's predictions on the first labeled images of ``batch``."""
+        if IMAGE_L not in batch or LABEL_L not in batch:
+            return
+        with eval_mode(self.method.eval_network()) as net, preserved_cpu_rng(), \
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            logits = net(batch[IMAGE_L][:count])
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        self.log.images(step, batch[IMAGE_L][:count], batch[LABEL_L][:count], logits.argmax(1), self.evaluator.palette)
 
     def finish(self, state: LoopState) -> dict:
         """The run's result; when not interrupted also the final snapshot, evaluation and results file."""
@@ -331,16 +292,3 @@ class _Loop:
         log.info(f"finished: iteration {state.global_iter}/{self.total}, val mIoU {100 * result['miou']:.2f}")
         out.update(eval=result, miou=result["miou"])
         return out
-
-
-@torch.no_grad()
-def _log_predictions(log, method, batch, palette, step, dtype, device, count: int = 2):
-    """TB images of the eval network's predictions on the first labeled images of ``batch``."""
-    if IMAGE_L not in batch or LABEL_L not in batch:
-        return
-    with eval_mode(method.eval_network()) as net, preserved_cpu_rng(), \
-            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits = net(batch[IMAGE_L][:count])
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    log.images(step, batch[IMAGE_L][:count], batch[LABEL_L][:count], logits.argmax(1), palette)
