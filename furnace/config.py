@@ -75,7 +75,7 @@ def base_config(exp_file=None) -> EasyDict:
     C.weight_dir = ""  # ImageNet and teacher files; "" -> <data_root>/model-weight
     C.num_classes = 21
     C.ignore_index = IGNORE_INDEX  # the void value in the label files (folder datasets)
-    C.labeled_ratio = 8  # 1/N of the training list is labeled: 16, 8, 4 or 2
+    C.labeled_ratio = 8  # 1/N of the training list is labeled: 16, 8, 4 or 2 (0: a folder dataset's own labels)
     C.labeled_list = ""  # "" -> the dataset's standard split for labeled_ratio
     C.unlabeled_list = ""
     C.val_list = ""
@@ -108,10 +108,11 @@ def base_config(exp_file=None) -> EasyDict:
     C.weight_decay = 4e-4
     C.lr_power = 0.9
     C.warmup_iters = 0
-    C.epochs = 0  # 0 -> epochs_per_ratio[labeled_ratio]
+    C.epochs = 0  # 0 -> epochs_per_ratio[labeled_ratio]; an epoch is max(labeled, unlabeled) // global_batch iterations
     C.epochs_per_ratio = {"16": 32, "8": 34, "4": 40, "2": 60}
-    C.max_iters = 0  # > 0 stops early (smoke tests); the LR schedule still spans all epochs
-    C.amp = "auto"  # auto | bf16 | fp16 | none: see furnace.engine.dist.amp_dtype
+    C.train_iters = 0  # > 0: the run's length in iterations instead of epochs (the LR schedule spans them)
+    C.max_iters = 0  # > 0 stops early (smoke tests); the LR schedule still spans the whole run
+    C.amp = "auto"  # auto: bf16 on GPUs that have it (else fp16) and on CPUs with AVX-512 BF16 / AMX | bf16 | fp16 | none
     C.channels_last = False
     C.sync_bn_backbone = True  # false: backbone BN per process, as the original's MobileNet-v2 students
     C.compile = False
@@ -206,10 +207,11 @@ def _derive(C, world_size: int) -> None:
     C.weight_dir = C.weight_dir or str(Path(C.data_root) / "model-weight")
     if C.dataset == "folder" and not C.num_classes:
         C.num_classes = _count_classes(Path(C.data_root) / "classes.txt")
-    if not C.epochs:
+    if not C.epochs and not C.train_iters:
         if str(C.labeled_ratio) not in C.epochs_per_ratio:
             raise UserError(f"config: labeled_ratio={C.labeled_ratio} has no entry in epochs_per_ratio "
-                            f"{dict(C.epochs_per_ratio)}; set epochs=<N> or add the ratio to epochs_per_ratio")
+                            f"{dict(C.epochs_per_ratio)}; set epochs=<N> (or train_iters=<N>) or add the ratio to "
+                            f"epochs_per_ratio")
         C.epochs = int(C.epochs_per_ratio[str(C.labeled_ratio)])
     C.output_stride = C.output_stride or DEFAULT_OUTPUT_STRIDE[C.arch]
     if C.pretrained == "auto":
@@ -236,9 +238,11 @@ def _count_classes(path: Path) -> int:
 
 def teacher_file(C, arch: str) -> str:
     """Where a CPS run exports, and a student run looks for, the ``arch`` teacher of ``C``'s dataset and
-    partition: ``<weight_dir>/teachers/<dataset>_1-<N>_<arch>.pth`` (a folder dataset: its folder name)."""
+    partition: ``<weight_dir>/teachers/<dataset>_1-<N>_<arch>.pth`` (a folder dataset: its folder name; its
+    own labels, labeled_ratio 0: ``<folder>_natural_<arch>.pth``)."""
     name = Path(C.data_root).name if C.dataset == "folder" else C.dataset
-    return str(Path(C.weight_dir) / "teachers" / f"{name}_1-{C.labeled_ratio}_{arch}.pth")
+    part = f"1-{C.labeled_ratio}" if C.labeled_ratio else "natural"
+    return str(Path(C.weight_dir) / "teachers" / f"{name}_{part}_{arch}.pth")
 
 
 def batch_split(C, world_size: int = 1) -> tuple[int, int]:
@@ -304,8 +308,11 @@ def _check_values(C) -> None:
             raise UserError(f"config: {key}={C[key]!r} must be positive")
     if not 0 <= C.ignore_index <= 255:
         raise UserError(f"config: ignore_index={C.ignore_index!r} must be a label value 0..255 above every class")
-    if C.labeled_ratio < 1:
-        raise UserError(f"config: labeled_ratio={C.labeled_ratio!r} must be >= 1 (1/N of the data is labeled)")
+    if C.labeled_ratio < 0 or (C.labeled_ratio == 0 and C.dataset != "folder"):
+        raise UserError(f"config: labeled_ratio={C.labeled_ratio!r} must be >= 1 (1/N of the data is labeled), or 0 "
+                        f"for a folder dataset (the images that have a label are the labeled ones)")
+    if C.train_iters < 0 or C.epochs < 0:
+        raise UserError(f"config: train_iters={C.train_iters!r} and epochs={C.epochs!r} must not be negative")
     if C.output_stride not in (8, 16, 32):
         raise UserError(f"config: output_stride={C.output_stride!r} must be 0 (default), 8, 16 or 32")
     if not C.eval_scales or any(s <= 0 for s in C.eval_scales):

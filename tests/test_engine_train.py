@@ -177,3 +177,13 @@ def test_stop_request_ignores_quick_repeats_and_aborts_on_a_later_one(monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_budget_in_iterations_sets_the_schedule_and_the_epochs_it_takes(tmp_path):
+    cfg = toy_config(tmp_path, train_iters=6, epochs=0, log_every=1)  # 4 iterations per epoch
+    res, _ = run(cfg)
+    assert res["status"] == "finished" and res["global_iter"] == res["total_iters"] == 6
+    log = (tmp_path / "log.txt").read_text()
+    assert "4 iterations/epoch x train_iters 6 (2 epochs) iterations" in log
+    assert f"epoch 2/2 it 6/6 lr {poly_lr(0.1, 5, 6):.3e}" in log  # the schedule spans the 6 iterations
+    assert (tmp_path / "checkpoints" / "epoch-2.pth").is_file() and not (tmp_path / "checkpoints" / "epoch-3.pth").exists()

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -154,14 +155,38 @@ def sync_batchnorm(module: torch.nn.Module, backbones: bool = True) -> torch.nn.
     return module
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``cfg.amp`` on ``device``; None = full precision (always on CPU); ``auto``: bf16 if
-    supported (no loss scaling), else fp16."""
-    if device.type != "cuda" or amp == "none":
-        return None
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): the kernel's CPU flags on Linux, else
+    torch's own query. Without them bf16 is emulated, far slower than fp32."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def amp_choice(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """``(autocast dtype or None for fp32, why)`` for ``cfg.amp`` / ``cfg.eval_amp`` on ``device``. ``auto``:
+    bf16 where the GPU or CPU has it natively (no loss scaling), else fp16 on a GPU and fp32 on a CPU."""
+    if amp == "none":
+        return None, "amp=none"
+    if device.type == "cuda":
+        if amp == "auto":
+            bf16 = torch.cuda.is_bf16_supported()
+            return (torch.bfloat16, "amp=auto, the GPU has bf16") if bf16 else (torch.float16, "amp=auto, no bf16 on this GPU")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"amp={amp}"
+    if amp == "fp16":
+        raise UserError("config: amp=fp16 is for GPUs without bf16; on a CPU use amp=bf16, auto or none")
+    native = cpu_has_native_bf16()
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        return (torch.bfloat16, "amp=auto, this CPU has native bf16 (AVX-512 BF16 / AMX)") if native else \
+            (None, "amp=auto, this CPU has no native bf16 (AVX-512 BF16 / AMX)")
+    return torch.bfloat16, "amp=bf16" + ("" if native else ", emulated on this CPU: slow")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of :func:`amp_choice` (None: fp32)."""
+    return amp_choice(amp, device)[0]
 
 
 class StopRequest:

@@ -87,7 +87,7 @@ class _Loop:
             method = dist.sync_batchnorm(method, backbones=cfg.sync_bn_backbone)
         self.method = self.ddp = self.ddp_call = method
         self.optimizer = build_optimizer(method, cfg)
-        self.dtype = dist.amp_dtype(cfg.amp, device)
+        self.dtype, self.precision = dist.amp_choice(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
     def restore(self, path) -> LoopState:
@@ -137,16 +137,23 @@ class _Loop:
             raise UserError(f"config: the training lists give 0 iterations per epoch with global_batch="
                             f"{cfg.global_batch}; use a smaller global_batch or more training images")
         self.accum = batch_split(cfg, self.world)[1]
-        self.total = total = cfg.epochs * ipe
+        self.epochs = math.ceil(cfg.train_iters / ipe) if cfg.train_iters else cfg.epochs
+        self.total = total = cfg.train_iters or cfg.epochs * ipe
         self.stop_at = stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
         self.layout = getattr(self.val_dataset, "layout", None)  # class names and palette
         self.evaluator = Evaluator(cfg, self.device, layout=self.layout)
         log.total_iters, log.start_iter = stop_at, state.global_iter
-        amp = str(self.dtype).replace("torch.", "") if self.dtype else "off"
-        log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, amp {amp}; "
-                 f"global batch {cfg.global_batch} = {self.world} process(es) x {self.accum} micro-batch(es) x "
-                 f"{cfg.micro_batch}; {ipe} iterations/epoch x {cfg.epochs} epochs = {total} iterations"
+        amp = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(self.dtype, "fp32")
+        budget = f"train_iters {total} ({self.epochs} epochs)" if cfg.train_iters else f"{cfg.epochs} epochs = {total}"
+        log.info(f"training {type(self.method).__name__} on {self.world} process(es), device {self.device}, {amp} "
+                 f"({self.precision}); global batch {cfg.global_batch} = {self.world} process(es) x {self.accum} "
+                 f"micro-batch(es) x {cfg.micro_batch}; {ipe} iterations/epoch x {budget} iterations"
                  + (f", stopping at {stop_at}" if stop_at < total else ""))
+        if hasattr(self.loader, "n_labeled"):
+            uses = getattr(self.method, "uses_unlabeled", True)
+            log.info(f"data: {self.loader.n_labeled} labeled and {self.loader.n_unlabeled} unlabeled images"
+                     + ("" if uses else " (the unlabeled list only sets the epoch length)")
+                     + f"; an epoch is max(labeled, unlabeled) // {cfg.global_batch} = {ipe} iterations")
         if state.it_in_epoch >= ipe:  # the epoch got shorter since the checkpoint (other lists): start the next one
             state.epoch, state.it_in_epoch = state.epoch + 1, 0
 
@@ -170,7 +177,7 @@ class _Loop:
             if epoch_done:
                 state.epoch, state.it_in_epoch = state.epoch + 1, 0
                 self.save_latest(state)
-                if ckpt.keep_snapshot(state.epoch, cfg.epochs, cfg.snapshot_last, cfg.snapshot_every):
+                if ckpt.keep_snapshot(state.epoch, self.epochs, cfg.snapshot_last, cfg.snapshot_every):
                     self.save_snapshot(state, state.epoch)
                 if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
                     self.evaluate(state)
@@ -204,7 +211,7 @@ class _Loop:
         state.it_in_epoch += 1
         state.done_here += 1
         ips = cfg.global_batch * state.done_here / max(time.time() - state.started, 1e-9)
-        self.log.iteration(state.global_iter, state.epoch, cfg.epochs, mean, lr, ips)
+        self.log.iteration(state.global_iter, state.epoch, self.epochs, mean, lr, ips)
         if cfg.tb_images_every > 0 and state.global_iter % cfg.tb_images_every == 0 and dist.is_main():
             self.log_predictions(batch, state.global_iter)
         return stop_any
