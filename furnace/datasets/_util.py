@@ -1,6 +1,4 @@
-"""Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing, the
-report of samples a conversion could not read, and the next step after a conversion (their error handling:
-furnace.utils.run_cli)."""
+"""Helpers of the dataset tools: a process-pool map with a progress bar, PNG writing, conversion errors."""
 
 from __future__ import annotations
 
@@ -16,8 +14,8 @@ from ..utils import UserError
 
 
 def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: bool = True) -> list:
-    """``[fn(job) for job in jobs]`` in order, over ``workers`` processes when > 0 (and worth it),
-    with a tqdm bar when ``progress``. ``fn`` must be a module-level function."""
+    """``[fn(job) for job in jobs]`` in order, over ``workers`` processes when > 0 and worth it; ``fn`` must be
+    a module-level function."""
     from tqdm import tqdm
 
     def bar(it):
@@ -34,7 +32,7 @@ def default_workers() -> int:
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write an (H, W) uint8 array as a single-channel PNG (parent folders created)."""
+    """Write an (H, W) uint8 array as a single-channel PNG, creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(array))
@@ -44,13 +42,13 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def raise_conversion_problems(problems: list[str], total: int, what: str = "samples") -> None:
-    """A UserError listing (the first 20 of) ``problems`` when there are any, else nothing."""
+    """A UserError listing the first 20 ``problems``, if there are any."""
     if problems:
         shown = "\n  - ".join(problems[:20])
         raise UserError(f"{len(problems)} of {total} {what} could not be converted:\n  - {shown}")
 
 
 def next_step_hint(train_list: Path, subset_dir: Path) -> str:
-    """What a user does after converting a dataset: provide the standard partitions, or make them."""
+    """The step after converting a dataset: provide the standard partitions, or make them."""
     return (f"next: put the standard partition lists into {subset_dir}/ or run "
             f"python -m furnace.datasets.make_splits --list {train_list} --out {subset_dir}")

@@ -1,8 +1,8 @@
 """One dataset class for every layout: a split list resolved into (image, label) files, read with cv2.
 
-Images are returned as H×W×3 uint8 RGB; labels as H×W uint8 index maps (255 = ignore). Every problem a
-user's files can have (missing, unreadable, truncated, palette or RGB label, size mismatch, label value
-outside the classes) raises :class:`~furnace.utils.UserError` naming the file when the sample is read.
+Images come as (H, W, 3) uint8 RGB, labels as (H, W) uint8 index maps (255 = ignore). Every problem a user's files
+can have (missing, unreadable, truncated, palette or RGB label, size mismatch, value outside the classes) raises
+:class:`~furnace.utils.UserError` naming the file when the sample is read.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def _decode(data: np.ndarray, flags: int):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; UserError naming ``path`` when it is missing,
-    truncated or not an image. Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``: a JPEG's
-    EXIF orientation tag is applied (labels are PNGs without one, so such an image must be stored upright)."""
+    """An image file as (H, W, 3) uint8 RGB; UserError naming ``path`` when missing, truncated or not an image.
+    Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``, so a JPEG's EXIF orientation is applied
+    (labels are PNGs without one: such an image must be stored upright)."""
     path = Path(path)
     data = _read_bytes(path, "image")
-    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so
-    # require the end-of-image marker (it only occurs as a marker, never inside the coded data).
+    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
+    # end-of-image marker (it only occurs as a marker, never inside the coded data).
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
     image = _decode(data, cv2.IMREAD_COLOR)
@@ -69,12 +69,9 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
-
-    Values must lie in ``[0, num_classes) ∪ {ignore_index}``; ``ignore_index`` is returned as
-    ``IGNORE_INDEX`` (255). A palette PNG (whose colours cv2 would expand), an RGB/RGBA colour label,
-    a 16-bit or non-PNG file raise UserError naming ``path``.
-    """
+    """A single-channel 8-bit index PNG as (H, W) uint8 with values in ``[0, num_classes) ∪ {ignore_index}``,
+    ``ignore_index`` returned as IGNORE_INDEX (255). UserError naming ``path`` for a palette PNG (whose colours cv2
+    would expand), an RGB/RGBA label, a 16-bit or non-PNG file, or values outside the classes."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
@@ -89,10 +86,8 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         )
     if color_type != 0:
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
-        raise UserError(
-            f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
-            f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore"
-        )
+        raise UserError(f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
+                        f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore")
     if bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
     label = _decode(data, cv2.IMREAD_UNCHANGED)
@@ -113,34 +108,13 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
     return label
 
 
-def read_pair(image_path, label_path, num_classes: int, ignore_index: int = IGNORE_INDEX):
-    """``(image, label)`` of one sample with all checks of :func:`read_image` / :func:`read_label`
-    plus equal sizes (UserError naming both files otherwise)."""
-    image = read_image(image_path)
-    label = read_label(label_path, num_classes, ignore_index)
-    if image.shape[:2] != label.shape:
-        raise UserError(
-            f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
-            f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size"
-        )
-    return image, label
-
-
-def infer_split(list_path: str | os.PathLike) -> str:
-    """``"val"`` for a list whose file name starts with ``val``, else ``"train"`` (id lists resolve
-    into ``train_aug/`` or ``val/`` accordingly)."""
-    return "val" if Path(list_path).name.lower().startswith("val") else "train"
-
-
 class SegDataset(Dataset):
-    """Samples of one split list.
+    """Samples of one split list: ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label": (H, W) uint8 (only
+    with_label), "name": str}``.
 
-    ``SegDataset(layout, root, list_path, with_label=True, *, split=None)``: ``root`` is the dataset
-    directory (``data_root / layout.dir_name``); ``split`` (train | val) picks where ids resolve for
-    id lists, inferred from the list's file name when None (see :func:`infer_split`).
-
-    ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label": (H, W) uint8 (only with_label), "name": str}``.
-    The list is read (strictly) on construction; files are read on access.
+    ``root`` is the dataset folder (``data_root / layout.dir_name``); ``split`` (train | val) picks where ids
+    resolve, by default ``val`` for a list whose file name starts with ``val``. The list is read (strictly) on
+    construction, files on access (image and label must have the same size).
     """
 
     def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
@@ -148,7 +122,7 @@ class SegDataset(Dataset):
         self.root = Path(root)
         self.list_path = Path(list_path)
         self.with_label = with_label
-        self.split = split or infer_split(list_path)
+        self.split = split or ("val" if self.list_path.name.lower().startswith("val") else "train")
         if self.split not in ("train", "val"):
             raise ValueError(f"split must be train or val, not {self.split!r}")
         self.entries = read_list(self.list_path, layout.list_format)
@@ -162,9 +136,15 @@ class SegDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, label_path, name = self.files(index)
+        image = read_image(image_path)
         if not self.with_label:
-            return {"image": read_image(image_path), "name": name}
-        image, label = read_pair(image_path, label_path, self.layout.num_classes, self.layout.ignore_index)
+            return {"image": image, "name": name}
+        label = read_label(label_path, self.layout.num_classes, self.layout.ignore_index)
+        if image.shape[:2] != label.shape:
+            raise UserError(
+                f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
+                f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size"
+            )
         return {"image": image, "label": label, "name": name}
 
     def __repr__(self) -> str:

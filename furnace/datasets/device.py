@@ -1,10 +1,5 @@
-"""The batch on the training device: uint8 from the loader, normalised there.
-
-:func:`to_device` moves a loader batch (:mod:`furnace.datasets.batch`: uint8 images, labels and mask, 4x
-fewer bytes than float32) and normalises on the device with the table of
-:data:`furnace.datasets.transforms.NORMALIZE_LUT`, zeroing each image's padding, so the values are
-bit-identical to normalising on the CPU. Float batches (tests, benchmarks) pass through unchanged.
-"""
+"""The batch on the training device: uint8 from the loader (4x fewer bytes than float32), normalised there with
+:data:`furnace.datasets.transforms.NORMALIZE_LUT`, so the values are bit-identical to normalising on the CPU."""
 
 from __future__ import annotations
 
@@ -41,8 +36,8 @@ def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
 
 
 def to_device(batch: dict, device, *, channels_last: bool = False) -> dict:
-    """The batch on ``device`` as the methods consume it: images float32 normalised (channels-last when
-    asked), labels int64, the CutMix mask float32 in {0, 1}; the valid boxes are used and dropped."""
+    """The batch on ``device`` as the methods consume it: images float32 normalised (channels-last when asked),
+    labels int64, the CutMix mask float32; the valid boxes are used and dropped. Float images pass unchanged."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():

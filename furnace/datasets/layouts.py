@@ -1,10 +1,5 @@
-"""Per-dataset layout descriptions: where files live, which list format they use, classes, palettes.
-
-A :class:`DatasetLayout` says where a dataset's images, labels and split lists live under
-``data_root / dir_name``, how a list entry resolves into files, and the dataset's class names and
-palette (:func:`classes_and_palette` fills in what a layout lacks). The list files themselves are read
-and checked by :mod:`furnace.datasets.lists`.
-"""
+"""Per-dataset layouts: where images, labels and split lists live under ``data_root / dir_name``, how a list
+entry resolves into files, the class names and palette. The lists themselves are read by :mod:`.lists`."""
 
 from __future__ import annotations
 
@@ -18,11 +13,7 @@ from ..utils import IGNORE_INDEX, UserError
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC bit-interleaved colormap: (n, 3) uint8 RGB; row i is the colour of index i.
-
-    Bits 0, 1, 2 of the index go to the most significant free bit of R, G, B, then the next three
-    bits to the next lower bit, and so on.
-    """
+    """The PASCAL VOC bit-interleaved colormap: (n, 3) uint8 RGB, row i the colour of index i."""
     cmap = np.zeros((n, 3), np.uint8)
     for index in range(n):
         r = g = b = 0
@@ -36,51 +27,18 @@ def voc_colormap(n: int = 256) -> np.ndarray:
     return cmap
 
 
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 
 # The 19 Cityscapes evaluation classes in trainId order: (official labelId, name, official colour).
 _CITY_TABLE = (
-    (7, "road", (128, 64, 128)),
-    (8, "sidewalk", (244, 35, 232)),
-    (11, "building", (70, 70, 70)),
-    (12, "wall", (102, 102, 156)),
-    (13, "fence", (190, 153, 153)),
-    (17, "pole", (153, 153, 153)),
-    (19, "traffic light", (250, 170, 30)),
-    (20, "traffic sign", (220, 220, 0)),
-    (21, "vegetation", (107, 142, 35)),
-    (22, "terrain", (152, 251, 152)),
-    (23, "sky", (70, 130, 180)),
-    (24, "person", (220, 20, 60)),
-    (25, "rider", (255, 0, 0)),
-    (26, "car", (0, 0, 142)),
-    (27, "truck", (0, 0, 70)),
-    (28, "bus", (0, 60, 100)),
-    (31, "train", (0, 80, 100)),
-    (32, "motorcycle", (0, 0, 230)),
-    (33, "bicycle", (119, 11, 32)),
+    (7, "road", (128, 64, 128)), (8, "sidewalk", (244, 35, 232)), (11, "building", (70, 70, 70)),
+    (12, "wall", (102, 102, 156)), (13, "fence", (190, 153, 153)), (17, "pole", (153, 153, 153)),
+    (19, "traffic light", (250, 170, 30)), (20, "traffic sign", (220, 220, 0)), (21, "vegetation", (107, 142, 35)),
+    (22, "terrain", (152, 251, 152)), (23, "sky", (70, 130, 180)), (24, "person", (220, 20, 60)),
+    (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)), (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)),
+    (31, "train", (0, 80, 100)), (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)),
 )
 CITY_CLASSES = tuple(name for _, name, _ in _CITY_TABLE)
 CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
@@ -88,15 +46,9 @@ CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
 CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in enumerate(_CITY_TABLE)}
 
 # Background, then {striped, dotted, grid} x {dark pattern on a light base, light pattern on a dark base}.
-_SYNTHETIC_TABLE = (
-    ("background", (0, 0, 0)),
-    ("stripes_dark", (230, 25, 75)),
-    ("stripes_light", (245, 130, 48)),
-    ("dots_dark", (60, 180, 75)),
-    ("dots_light", (0, 130, 200)),
-    ("grid_dark", (145, 30, 180)),
-    ("grid_light", (240, 50, 230)),
-)
+_SYNTHETIC_TABLE = (("background", (0, 0, 0)), ("stripes_dark", (230, 25, 75)), ("stripes_light", (245, 130, 48)),
+                    ("dots_dark", (60, 180, 75)), ("dots_light", (0, 130, 200)), ("grid_dark", (145, 30, 180)),
+                    ("grid_light", (240, 50, 230)))
 SYNTHETIC_CLASSES = tuple(name for name, _ in _SYNTHETIC_TABLE)
 SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
 
@@ -105,10 +57,8 @@ SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
 class DatasetLayout:
     """How one dataset is stored under ``data_root / dir_name``.
 
-    ``list_format`` is ``"ids"`` or ``"pairs"`` (see :mod:`furnace.datasets.lists`); ``split_dirs`` maps
-    ``"train"``/``"val"`` to the folder ids resolve into (``ids`` format only). List locations are
-    relative to the dataset directory; ``subset_pattern`` takes ``kind`` (labeled | unlabeled) and
-    ``ratio``.
+    ``list_format`` is ``"ids"`` or ``"pairs"`` (:mod:`.lists`); ``split_dirs`` maps train/val to the folder ids
+    resolve into. List paths are relative to the dataset folder; ``subset_pattern`` takes ``kind`` and ``ratio``.
     """
 
     name: str
@@ -140,22 +90,17 @@ class DatasetLayout:
         return self.subset_pattern.format(kind=kind, ratio=int(ratio))
 
     def resolve(self, entry: str, root: str | os.PathLike, split: str = "train") -> tuple[Path, Path, str]:
-        """Files of one list entry: ``(image_path, label_path, name)``.
-
-        ``entry`` is a line as returned by :func:`~furnace.datasets.lists.read_list` (an id, or ``"img<TAB>label"``);
-        ``split`` (train | val) picks the folder for id lists and is ignored for pair lists.
-        """
+        """``(image_path, label_path, name)`` of a list entry (an id, or ``"img<TAB>label"``); ``split`` (train |
+        val) picks the folder of an id."""
         root = Path(root)
         if self.list_format == "ids":
             folder = root / self.split_dirs[split]
             return folder / "image" / f"{entry}{self.image_ext}", folder / "label" / f"{entry}{self.label_ext}", entry
         image, label = entry.split("\t")
-        name = Path(image).stem
-        return root / image.lstrip("/"), root / label.lstrip("/"), name
+        return root / image.lstrip("/"), root / label.lstrip("/"), Path(image).stem
 
     def colorize(self, label: np.ndarray) -> np.ndarray:
-        """Colour image (H, W, 3) uint8 RGB of an index map (H, W); ignore and unknown values get
-        ``ignore_color``."""
+        """(H, W) index map -> (H, W, 3) uint8 RGB; ignore and unknown values get ``ignore_color``."""
         return colorize(label, self.palette[: self.num_classes], self.ignore_color)
 
 
@@ -174,10 +119,8 @@ def generic_class_names(num_classes: int) -> list[str]:
 
 
 def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple[list[str], np.ndarray]:
-    """``(class_names, palette)`` of ``layout`` for a network predicting ``num_classes`` classes: its names
-    when it has exactly that many, its palette when it has at least that many colours. What it lacks (all,
-    with no layout) is filled in here, the one place that decides it: generic names
-    (:func:`generic_class_names`) and the VOC colours (:func:`voc_colormap`)."""
+    """``(class_names, palette)`` for a network of ``num_classes``: the layout's names when it has exactly that
+    many, its palette when it has at least that many colours; else generic names and the VOC colours."""
     names = generic_class_names(num_classes)
     palette = voc_colormap(max(num_classes, 1))
     if layout is not None and len(layout.class_names) == num_classes:
@@ -188,65 +131,38 @@ def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple
 
 
 def classes_record(names, palette) -> dict:
-    """``{"class_names", "palette"}`` as files record them (segmentor and ONNX metadata): the names, and
-    one ``[r, g, b]`` list per class."""
+    """``{"class_names", "palette"}`` as files (segmentor, ONNX metadata) record them: one [r, g, b] per class."""
     names = list(names)
     return {"class_names": names, "palette": np.asarray(palette, np.uint8)[: len(names)].tolist()}
 
 
-_VOC_LIKE = dict(
-    list_format="ids",
-    train_list="train_aug.txt",
-    val_list="val.txt",
-    subset_pattern="subset_train_aug/train_aug_{kind}_1-{ratio}.txt",
-    split_dirs={"train": "train_aug", "val": "val"},
-    image_ext=".jpg",
-    label_ext=".png",
-)
+_VOC_LIKE = dict(list_format="ids", train_list="train_aug.txt", val_list="val.txt",
+                 subset_pattern="subset_train_aug/train_aug_{kind}_1-{ratio}.txt",
+                 split_dirs={"train": "train_aug", "val": "val"})
 
 LAYOUTS = {
-    "voc": DatasetLayout(
-        name="voc",
-        dir_name="pascal_voc",
-        class_names=VOC_CLASSES,
-        palette=voc_colormap(21),
-        ignore_color=tuple(int(c) for c in voc_colormap(256)[255]),
-        **_VOC_LIKE,
-    ),
-    "city": DatasetLayout(
-        name="city",
-        dir_name="city",
-        class_names=CITY_CLASSES,
-        palette=np.array(CITY_COLORS, np.uint8),
-        list_format="pairs",
-        train_list="config_new/train.txt",
-        val_list="config_new/val.txt",
-        subset_pattern="config_new/subset_train/train_aug_{kind}_1-{ratio}.txt",
-        image_ext=".png",
-        label_ext=".png",
-        ignore_color=(0, 0, 0),
-    ),
-    "synthetic": DatasetLayout(
-        name="synthetic",
-        dir_name="synthetic",
-        class_names=SYNTHETIC_CLASSES,
-        palette=np.array(SYNTHETIC_COLORS, np.uint8),
-        **_VOC_LIKE,
-    ),
+    "voc": DatasetLayout(name="voc", dir_name="pascal_voc", class_names=VOC_CLASSES, palette=voc_colormap(21),
+                         ignore_color=tuple(int(c) for c in voc_colormap(256)[255]), **_VOC_LIKE),
+    "city": DatasetLayout(name="city", dir_name="city", class_names=CITY_CLASSES,
+                          palette=np.array(CITY_COLORS, np.uint8), list_format="pairs",
+                          train_list="config_new/train.txt", val_list="config_new/val.txt",
+                          subset_pattern="config_new/subset_train/train_aug_{kind}_1-{ratio}.txt", image_ext=".png",
+                          ignore_color=(0, 0, 0)),
+    "synthetic": DatasetLayout(name="synthetic", dir_name="synthetic", class_names=SYNTHETIC_CLASSES,
+                               palette=np.array(SYNTHETIC_COLORS, np.uint8), **_VOC_LIKE),
 }
 
 
 def layout_of(cfg) -> DatasetLayout:
-    """The layout ``cfg`` trains and evaluates with: ``LAYOUTS[cfg.dataset]`` for voc / city / synthetic,
-    for ``folder`` the one read from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
+    """The layout ``cfg`` trains and evaluates with: ``LAYOUTS[cfg.dataset]``, or for ``folder`` the one read
+    from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
     if cfg.dataset == "folder":
         return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.ignore_index))
     return LAYOUTS[cfg.dataset]
 
 
 def dataset_dir(cfg) -> Path:
-    """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into (a ``folder``
-    dataset: ``data_root`` itself)."""
+    """The folder list entries resolve into: ``cfg.data_root / layout.dir_name`` (``folder``: data_root)."""
     return Path(cfg.data_root) / ("" if cfg.dataset == "folder" else LAYOUTS[cfg.dataset].dir_name)
 
 
@@ -258,8 +174,8 @@ CLASSES_FILE = "classes.txt"
 
 @dataclass(frozen=True, eq=False)
 class FolderLayout(DatasetLayout):
-    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (index PNG), ``classes.txt``;
-    lists ``train.txt`` / ``val.txt`` of stems (or file names), partitions under ``splits/``."""
+    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (index PNG), ``classes.txt``; lists
+    ``train.txt`` / ``val.txt`` of stems (or file names), partitions under ``splits/``."""
 
     def resolve(self, entry: str, root, split: str = "train") -> tuple[Path, Path, str]:
         root = Path(root)
@@ -273,8 +189,8 @@ class FolderLayout(DatasetLayout):
 
 
 def read_classes(path) -> tuple[list[str], np.ndarray | None]:
-    """``(names, palette)`` of a classes.txt: one class per line, ``name`` or ``name r g b`` (0-255).
-    ``palette`` is None when no line gives a colour; lines without one get the VOC colour of their index."""
+    """``(names, palette)`` of a classes.txt with one ``name`` or ``name r g b`` (0-255) per line; palette None
+    when no line gives a colour, else lines without one get the VOC colour of their index."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classes file not found; write one class name per line (optionally "
@@ -301,9 +217,8 @@ def read_classes(path) -> tuple[list[str], np.ndarray | None]:
 
 
 def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> FolderLayout:
-    """The layout of a ``folder`` dataset at ``root`` (see :class:`FolderLayout`), its classes from
-    ``root/classes.txt``; UserError when that file disagrees with ``num_classes`` or ``ignore_index``
-    collides with a class."""
+    """The :class:`FolderLayout` at ``root``, classes from ``root/classes.txt``; UserError when that disagrees
+    with ``num_classes`` or ``ignore_index`` collides with a class."""
     path = Path(root) / CLASSES_FILE
     names, palette = read_classes(path)
     if num_classes is not None and num_classes != len(names):
@@ -317,5 +232,5 @@ def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNO
         palette=palette if palette is not None else voc_colormap(len(names)),
         list_format="ids", train_list="train.txt", val_list="val.txt",
         subset_pattern="splits/train_{kind}_1-{ratio}.txt", split_dirs={"train": "", "val": ""},
-        image_ext=".jpg", label_ext=".png", ignore_index=int(ignore_index),
+        ignore_index=int(ignore_index),
     )

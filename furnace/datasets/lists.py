@@ -1,17 +1,10 @@
-"""Split lists: where a config's lists are, reading them strictly, and saying how to make missing ones.
+"""Split lists: where a config's lists are, reading them strictly, and how to make missing ones.
 
-Two list formats exist (SPEC §2):
-
-* ``ids`` (VOC, synthetic): one bare id per line. An id resolves to
-  ``<split_dir>/image/<id>.jpg`` and ``<split_dir>/label/<id>.png`` where ``split_dir`` is
-  ``train_aug`` for every training list and ``val`` for the validation list (see
-  :meth:`~furnace.datasets.layouts.DatasetLayout.resolve`; a ``folder`` dataset's ids are file stems under
-  ``images/`` and ``labels/``).
-* ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png`` per line; both
-  paths start with ``/`` and are relative to the dataset directory (``DATA/city``).
-
-Reading a list is strict: a line in the other format, a malformed line or an empty file raises
-:class:`~furnace.utils.UserError` naming the list file and the line.
+Two formats (SPEC §2): ``ids`` (VOC, synthetic, folder): one bare id per line, resolved by the layout
+(:meth:`~furnace.datasets.layouts.DatasetLayout.resolve`) into ``train_aug/`` for training lists and ``val/``
+for the validation list; ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``,
+both paths relative to the dataset folder. A line in the other format, a malformed line or an empty file
+raises :class:`~furnace.utils.UserError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -25,13 +18,9 @@ from .layouts import DatasetLayout, dataset_dir, layout_of
 
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)`` for ``cfg.dataset`` and ``cfg.labeled_ratio``.
-
-    Uses the dataset's standard list locations under ``cfg.data_root``; a non-empty
-    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` replaces the corresponding one (a relative
-    path is taken relative to the dataset directory, e.g. ``DATA/pascal_voc``). ``labeled_ratio`` 1
-    means fully labeled: both training lists are the whole training list.
-    """
+    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg``: the layout's standard lists for
+    ``cfg.labeled_ratio`` (1: both training lists are the whole training list), each replaced by a non-empty
+    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` (relative to the dataset folder, or absolute)."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
@@ -39,19 +28,12 @@ def split_paths(cfg) -> tuple[Path, Path, Path]:
         labeled = unlabeled = layout.train_list
     else:
         labeled, unlabeled = layout.subset_list("labeled", ratio), layout.subset_list("unlabeled", ratio)
-
-    def pick(override, default):
-        return root / (override or default)  # an absolute override replaces root
-
-    return (
-        pick(cfg.get("labeled_list", ""), labeled),
-        pick(cfg.get("unlabeled_list", ""), unlabeled),
-        pick(cfg.get("val_list", ""), layout.val_list),
-    )
+    return (root / (cfg.get("labeled_list", "") or labeled), root / (cfg.get("unlabeled_list", "") or unlabeled),
+            root / (cfg.get("val_list", "") or layout.val_list))
 
 
 def partition_ratios(layout: DatasetLayout, root) -> list[int]:
-    """The N of every 1/N labeled partition list present under ``root`` (descending)."""
+    """The N of every 1/N labeled partition list present under ``root``, descending."""
     folder = Path(root) / layout.subset_dir
     before, after = os.path.basename(layout.subset_pattern).replace("{kind}", "labeled").split("{ratio}")
     pattern = re.compile(re.escape(before) + r"(\d+)" + re.escape(after))
@@ -60,13 +42,8 @@ def partition_ratios(layout: DatasetLayout, root) -> list[int]:
 
 
 def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
-    """:func:`split_paths` of ``cfg``, after checking that the list files exist (the val list only
-    ``with_val``).
-
-    Raises UserError naming the first missing list and what to do: a list set in the config names
-    its key; a missing standard partition of ``labeled_ratio`` gets the ``make_splits`` command that
-    writes it; when the training list is missing too, ``data_root`` is the likely culprit.
-    """
+    """:func:`split_paths` of ``cfg`` once the lists exist (the val list only ``with_val``); else a UserError on
+    the first missing one saying what to do (the config key, the make_splits command, or data_root)."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     paths = split_paths(cfg)
@@ -80,22 +57,18 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
             raise UserError(f"{path}: split list not found, nor {train_list}; write the lists from images/ and "
                             f"labels/ with `{make_splits_command(layout, root, int(cfg.labeled_ratio))}`")
         if not train_list.is_file():
-            raise UserError(
-                f"{path}: split list not found, nor the training list {train_list}; set data_root to the folder "
-                f"holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md"
-            )
+            raise UserError(f"{path}: split list not found, nor the training list {train_list}; set data_root to the "
+                            f"folder holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md")
         ratio = int(cfg.labeled_ratio)
         if key == "val_list" or ratio == 1:
             raise UserError(f"{path}: split list not found; restore it from the dataset's list files")
         present = partition_ratios(layout, root)
-        have = "no partition lists exist"
+        have, alternative = "no partition lists exist", ""
         if present:
             have = f"the partitions present are {', '.join(f'1/{r}' for r in present)}"
-        raise UserError(
-            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
-            f"`{make_splits_command(layout, root, ratio)}`"
-            + (f" or set labeled_ratio to {' / '.join(map(str, present))}" if present else "")
-        )
+            alternative = f" or set labeled_ratio to {' / '.join(map(str, present))}"
+        raise UserError(f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
+                        f"`{make_splits_command(layout, root, ratio)}`{alternative}")
     return paths
 
 
@@ -108,12 +81,9 @@ def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
 
 
 def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
-    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``), in file order.
-
-    Blank lines are skipped and line ends (``\\n``, ``\\r\\n``) stripped; everything else must match
-    the format exactly. Raises UserError naming the file (and line) when the file is missing or
-    empty or a line is malformed; pair entries are returned as ``"img<TAB>label"``.
-    """
+    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``, the latter as ``"img<TAB>label"``), in
+    file order; blank lines skipped, line ends stripped. UserError naming the file (and line) when it is missing,
+    empty or has a malformed line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")
@@ -138,10 +108,8 @@ def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
 def _line_problem(line: str, list_format: str) -> str:
     if list_format == "ids":
         if "\t" in line or " " in line:
-            return (
-                "expected one bare id per line (VOC format), found several fields; is this a "
-                "Cityscapes-style list given for a VOC-style dataset?"
-            )
+            return ("expected one bare id per line (VOC format), found several fields; is this a "
+                    "Cityscapes-style list given for a VOC-style dataset?")
         if "/" in line or "\\" in line or line.startswith("."):
             return "expected a bare id (no folder, no extension), e.g. 2007_000032"
         return ""
