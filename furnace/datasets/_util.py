@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -14,13 +15,10 @@ from ..utils import UserError
 
 
 def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: bool = True) -> list:
-    """``[fn(job) for job in jobs]`` in order, over ``workers`` processes when > 0 and worth it; ``fn`` must be
-    a module-level function."""
+    """``[fn(job) for job in jobs]``, over ``workers`` processes when > 0 and worth it (``fn`` module-level)."""
     from tqdm import tqdm
 
-    def bar(it):
-        return tqdm(it, total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
-
+    bar = functools.partial(tqdm, total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
     if workers > 0 and len(jobs) > 32:
         with multiprocessing.Pool(workers) as pool:
             return list(bar(pool.imap(fn, jobs, chunksize=8)))

@@ -21,8 +21,7 @@ import torch
 
 IMAGE_L, IMAGE_U0, IMAGE_U1 = "image_l", "image_u0", "image_u1"
 VALID_L, VALID_U0, VALID_U1 = "valid_l", "valid_u0", "valid_u1"
-LABEL_L = "label_l"
-MASK_MIX = "mask_mix"
+LABEL_L, MASK_MIX = "label_l", "mask_mix"
 
 IMAGES = (IMAGE_L, IMAGE_U0, IMAGE_U1)
 BOX_OF = {IMAGE_L: VALID_L, IMAGE_U0: VALID_U0, IMAGE_U1: VALID_U1}
@@ -50,8 +49,7 @@ def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, 
 
 
 def allocate(specs: dict) -> dict:
-    """Fresh tensors ``{key: (shape, dtype)}`` carved from one buffer (one shared-memory segment when a loader
-    worker hands the batch over)."""
+    """Tensors of ``specs`` carved from one buffer: one shared-memory segment when a worker hands the batch over."""
     sizes = {key: math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
              for key, (shape, dtype) in specs.items()}
     offsets, total = {}, 0
@@ -68,8 +66,7 @@ def as_batch(buffers: dict) -> dict:
 
 
 def synthetic_batch(micro_batch: int, crop: int, num_classes: int, *, seed: int = 0, unlabeled: bool = True) -> dict:
-    """A fixed batch in the loader's format (benchmarks' and tests' stand-in for data): random images and labels,
-    no padding, and a CutMix mask taking the central quarter of the area from ``image_u1``."""
+    """A random batch in the loader's format without padding, the mask's central box from ``image_u1``."""
     g = torch.Generator().manual_seed(seed)
     buffers = {}
     for key, (shape, dtype) in batch_specs(micro_batch, crop, label_dtype(num_classes), unlabeled=unlabeled).items():

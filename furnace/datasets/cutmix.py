@@ -1,10 +1,8 @@
-"""CutMix box masks for the unlabeled pair (SPEC §3).
+"""CutMix box masks for the unlabeled pair (SPEC §3): 1 = take the pixel from the second unlabeled image.
 
-Per sample, ``n_boxes`` boxes toggle (XOR) a mask that starts at 0; 1 = take the pixel from the second unlabeled
-image. A box has area fraction p ~ U(area) and sides h = p^u, w = p / h (u ~ U(0, 1), fractions of the image
-sides), both scaled by sqrt(1/3). It lies inside the image at ``round((side - box) * U(0, 1))`` per axis, as the
-original (so the two end positions are half as likely as each interior one). Three boxes with p ~ U(0.25, 0.5)
-cover ~0.25 of the image on average.
+``n_boxes`` boxes toggle (XOR) a mask of zeros. A box has area fraction p ~ U(area), sides p^u and p^(1-u) of the
+image's (u ~ U(0, 1)) scaled by sqrt(1/3), at ``round((side - box) * U(0, 1))`` per axis as the original (the two
+end positions half as likely as each interior one). 3 boxes, p ~ U(0.25, 0.5): ~0.25 of the image on average.
 """
 
 from __future__ import annotations

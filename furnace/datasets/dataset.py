@@ -43,9 +43,8 @@ def _decode(data: np.ndarray, flags: int):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB; UserError naming ``path`` when missing, truncated or not an image.
-    Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``, so a JPEG's EXIF orientation is applied
-    (labels are PNGs without one: such an image must be stored upright)."""
+    """An image file as (H, W, 3) uint8 RGB, decoded as ``cv2.imread(path, cv2.IMREAD_COLOR)`` (EXIF orientation
+    applied); UserError naming ``path`` when it is missing, truncated or not an image."""
     path = Path(path)
     data = _read_bytes(path, "image")
     # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
@@ -69,9 +68,8 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """A single-channel 8-bit index PNG as (H, W) uint8 with values in ``[0, num_classes) ∪ {ignore_index}``,
-    ``ignore_index`` returned as IGNORE_INDEX (255). UserError naming ``path`` for a palette PNG (whose colours cv2
-    would expand), an RGB/RGBA label, a 16-bit or non-PNG file, or values outside the classes."""
+    """A single-channel 8-bit index PNG as (H, W) uint8 in ``[0, num_classes) ∪ {255}`` (``ignore_index`` becomes
+    255); UserError naming ``path`` for any other PNG or file, or values outside the classes and ``ignore_index``."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
@@ -109,13 +107,9 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
 
 
 class SegDataset(Dataset):
-    """Samples of one split list: ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label": (H, W) uint8 (only
-    with_label), "name": str}``.
-
-    ``root`` is the dataset folder (``data_root / layout.dir_name``); ``split`` (train | val) picks where ids
-    resolve, by default ``val`` for a list whose file name starts with ``val``. The list is read (strictly) on
-    construction, files on access (image and label must have the same size).
-    """
+    """Samples of one split list under the dataset folder ``root``: ``ds[i] -> {"image": (H, W, 3) uint8 RGB,
+    "label": (H, W) uint8 (with_label), "name": str}``. ``split`` (where ids resolve) defaults to ``val`` for a
+    list named ``val*``, else ``train``. The list is read on construction, the files on access."""
 
     def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
         self.layout = layout

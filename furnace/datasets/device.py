@@ -3,27 +3,25 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .batch import BOX_OF, BOXES, IMAGES, LABELS, MASKS
 from .transforms import NORMALIZE_LUT
 
-_TABLES: dict = {}
 
-
-def _table(device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _table(device: str) -> torch.Tensor:
     """(3 * 256,) float32 on ``device``: entry ``c * 256 + v`` is NORMALIZE_LUT[0, v, c]."""
-    key = str(device)
-    if key not in _TABLES:
-        _TABLES[key] = torch.from_numpy(NORMALIZE_LUT[0].T.reshape(-1).copy()).to(device)
-    return _TABLES[key]
+    return torch.from_numpy(NORMALIZE_LUT[0].T.reshape(-1).copy()).to(device)
 
 
 def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
                      channels_last: bool = False) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> float32 ImageNet-normalised; 0 outside each image's ``valid`` (y0, x0, y1, x1) box."""
     offsets = torch.arange(0, 3 * 256, 256, device=images.device).view(1, 3, 1, 1)
-    out = _table(images.device)[images.long() + offsets]
+    out = _table(str(images.device))[images.long() + offsets]
     if valid is not None:
         valid = valid.to(images.device, torch.int64)
         rows = torch.arange(images.shape[2], device=images.device)
@@ -36,8 +34,8 @@ def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
 
 
 def to_device(batch: dict, device, *, channels_last: bool = False) -> dict:
-    """The batch on ``device`` as the methods consume it: images float32 normalised (channels-last when asked),
-    labels int64, the CutMix mask float32; the valid boxes are used and dropped. Float images pass unchanged."""
+    """The batch on ``device`` for the methods: uint8 images normalised to float32 (boxes used and dropped), labels
+    int64, the mask float32."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():

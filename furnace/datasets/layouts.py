@@ -13,17 +13,11 @@ from ..utils import IGNORE_INDEX, UserError
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC bit-interleaved colormap: (n, 3) uint8 RGB, row i the colour of index i."""
-    cmap = np.zeros((n, 3), np.uint8)
-    for index in range(n):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        cmap[index] = (r, g, b)
+    """The PASCAL VOC colormap: (n, 3) uint8 RGB, row i the colour of index i (n <= 256)."""
+    index, cmap = np.arange(n), np.zeros((n, 3), np.uint8)
+    for k in range(8):  # bit 3k + c of the index becomes bit 7 - k of channel c
+        for c in range(3):
+            cmap[:, c] |= (((index >> (3 * k + c)) & 1) << (7 - k)).astype(np.uint8)
     return cmap
 
 
@@ -40,8 +34,7 @@ _CITY_TABLE = (
     (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)), (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)),
     (31, "train", (0, 80, 100)), (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)),
 )
-CITY_CLASSES = tuple(name for _, name, _ in _CITY_TABLE)
-CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
+_, CITY_CLASSES, CITY_COLORS = zip(*_CITY_TABLE)
 # Official labelId -> trainId; every other id (unlabeled, ego vehicle, ..., license plate) is void (255).
 CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in enumerate(_CITY_TABLE)}
 
@@ -49,17 +42,14 @@ CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in 
 _SYNTHETIC_TABLE = (("background", (0, 0, 0)), ("stripes_dark", (230, 25, 75)), ("stripes_light", (245, 130, 48)),
                     ("dots_dark", (60, 180, 75)), ("dots_light", (0, 130, 200)), ("grid_dark", (145, 30, 180)),
                     ("grid_light", (240, 50, 230)))
-SYNTHETIC_CLASSES = tuple(name for name, _ in _SYNTHETIC_TABLE)
-SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
+SYNTHETIC_CLASSES, SYNTHETIC_COLORS = zip(*_SYNTHETIC_TABLE)
 
 
 @dataclass(frozen=True, eq=False)
 class DatasetLayout:
-    """How one dataset is stored under ``data_root / dir_name``.
-
-    ``list_format`` is ``"ids"`` or ``"pairs"`` (:mod:`.lists`); ``split_dirs`` maps train/val to the folder ids
-    resolve into. List paths are relative to the dataset folder; ``subset_pattern`` takes ``kind`` and ``ratio``.
-    """
+    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ``"ids"`` | ``"pairs"``
+    (:mod:`.lists`), ``split_dirs`` the folders ids of train/val resolve into, list paths relative to the dataset
+    folder (``subset_pattern`` takes ``kind`` and ``ratio``)."""
 
     name: str
     dir_name: str
@@ -90,8 +80,7 @@ class DatasetLayout:
         return self.subset_pattern.format(kind=kind, ratio=int(ratio))
 
     def resolve(self, entry: str, root: str | os.PathLike, split: str = "train") -> tuple[Path, Path, str]:
-        """``(image_path, label_path, name)`` of a list entry (an id, or ``"img<TAB>label"``); ``split`` (train |
-        val) picks the folder of an id."""
+        """``(image_path, label_path, name)`` of a list entry: an id (in ``split``'s folder) or ``"img<TAB>label"``."""
         root = Path(root)
         if self.list_format == "ids":
             folder = root / self.split_dirs[split]
@@ -119,8 +108,7 @@ def generic_class_names(num_classes: int) -> list[str]:
 
 
 def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple[list[str], np.ndarray]:
-    """``(class_names, palette)`` for a network of ``num_classes``: the layout's names when it has exactly that
-    many, its palette when it has at least that many colours; else generic names and the VOC colours."""
+    """``(class_names, palette)`` for ``num_classes`` outputs: the layout's where they fit, else generic / VOC."""
     names = generic_class_names(num_classes)
     palette = voc_colormap(max(num_classes, 1))
     if layout is not None and len(layout.class_names) == num_classes:
@@ -154,8 +142,7 @@ LAYOUTS = {
 
 
 def layout_of(cfg) -> DatasetLayout:
-    """The layout ``cfg`` trains and evaluates with: ``LAYOUTS[cfg.dataset]``, or for ``folder`` the one read
-    from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
+    """``LAYOUTS[cfg.dataset]``, or for ``folder`` the one read from ``cfg.data_root`` (checked against the config)."""
     if cfg.dataset == "folder":
         return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.ignore_index))
     return LAYOUTS[cfg.dataset]
@@ -174,8 +161,7 @@ CLASSES_FILE = "classes.txt"
 
 @dataclass(frozen=True, eq=False)
 class FolderLayout(DatasetLayout):
-    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (index PNG), ``classes.txt``; lists
-    ``train.txt`` / ``val.txt`` of stems (or file names), partitions under ``splits/``."""
+    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png``, ``classes.txt``, lists of stems."""
 
     def resolve(self, entry: str, root, split: str = "train") -> tuple[Path, Path, str]:
         root = Path(root)
@@ -189,8 +175,7 @@ class FolderLayout(DatasetLayout):
 
 
 def read_classes(path) -> tuple[list[str], np.ndarray | None]:
-    """``(names, palette)`` of a classes.txt with one ``name`` or ``name r g b`` (0-255) per line; palette None
-    when no line gives a colour, else lines without one get the VOC colour of their index."""
+    """``(names, palette)`` of a classes.txt of ``name [r g b]`` lines; palette None when no line has a colour."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classes file not found; write one class name per line (optionally "
@@ -217,8 +202,7 @@ def read_classes(path) -> tuple[list[str], np.ndarray | None]:
 
 
 def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> FolderLayout:
-    """The :class:`FolderLayout` at ``root``, classes from ``root/classes.txt``; UserError when that disagrees
-    with ``num_classes`` or ``ignore_index`` collides with a class."""
+    """The :class:`FolderLayout` at ``root``; UserError when classes.txt disagrees with the arguments."""
     path = Path(root) / CLASSES_FILE
     names, palette = read_classes(path)
     if num_classes is not None and num_classes != len(names):
@@ -227,10 +211,7 @@ def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNO
     if not (len(names) <= ignore_index <= 255):
         raise UserError(f"config: ignore_index={ignore_index} must lie in {len(names)}..255 (above every class "
                         f"index of {path}); relabel the void pixels or choose another ignore_index")
-    return FolderLayout(
-        name="folder", dir_name="", class_names=tuple(names),
-        palette=palette if palette is not None else voc_colormap(len(names)),
-        list_format="ids", train_list="train.txt", val_list="val.txt",
-        subset_pattern="splits/train_{kind}_1-{ratio}.txt", split_dirs={"train": "", "val": ""},
-        ignore_index=int(ignore_index),
-    )
+    return FolderLayout(name="folder", dir_name="", class_names=tuple(names),
+                        palette=palette if palette is not None else voc_colormap(len(names)), list_format="ids",
+                        train_list="train.txt", val_list="val.txt", subset_pattern="splits/train_{kind}_1-{ratio}.txt",
+                        split_dirs={"train": "", "val": ""}, ignore_index=int(ignore_index))

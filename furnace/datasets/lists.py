@@ -1,10 +1,7 @@
 """Split lists: where a config's lists are, reading them strictly, and how to make missing ones.
 
-Two formats (SPEC §2): ``ids`` (VOC, synthetic, folder): one bare id per line, resolved by the layout
-(:meth:`~furnace.datasets.layouts.DatasetLayout.resolve`) into ``train_aug/`` for training lists and ``val/``
-for the validation list; ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``,
-both paths relative to the dataset folder. A line in the other format, a malformed line or an empty file
-raises :class:`~furnace.utils.UserError` naming the file and line.
+Formats (SPEC §2): ``ids`` (VOC, synthetic, folder), one bare id per line, resolved by the layout; ``pairs``
+(Cityscapes), ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``, relative to the dataset folder.
 """
 
 from __future__ import annotations
@@ -18,9 +15,8 @@ from .layouts import DatasetLayout, dataset_dir, layout_of
 
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg``: the layout's standard lists for
-    ``cfg.labeled_ratio`` (1: both training lists are the whole training list), each replaced by a non-empty
-    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` (relative to the dataset folder, or absolute)."""
+    """``(labeled_list, unlabeled_list, val_list)``: the standard lists of ``cfg.labeled_ratio`` (1: the whole
+    training list twice), each replaced by a non-empty ``cfg.<name>`` (relative to the dataset folder)."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
@@ -42,8 +38,7 @@ def partition_ratios(layout: DatasetLayout, root) -> list[int]:
 
 
 def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
-    """:func:`split_paths` of ``cfg`` once the lists exist (the val list only ``with_val``); else a UserError on
-    the first missing one saying what to do (the config key, the make_splits command, or data_root)."""
+    """:func:`split_paths` once the lists exist, else a UserError on the first missing one saying what to do."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     paths = split_paths(cfg)
@@ -81,9 +76,8 @@ def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
 
 
 def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
-    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``, the latter as ``"img<TAB>label"``), in
-    file order; blank lines skipped, line ends stripped. UserError naming the file (and line) when it is missing,
-    empty or has a malformed line."""
+    """The entries of a split list in ``list_format`` (``ids`` | ``pairs``); UserError naming the file (and line)
+    when it is missing, empty or a line is malformed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")

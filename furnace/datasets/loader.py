@@ -1,17 +1,11 @@
 """Training batches: labeled + two unlabeled streams + CutMix masks, sharded over processes.
 
-Everything a batch holds is a deterministic function of ``(cfg.seed, epoch, global sample position)``:
-
-* An epoch is ``max(n_labeled, n_unlabeled) // global_batch`` iterations. Each stream (labeled, unlabeled 0,
-  unlabeled 1) gets its own order per epoch of length ``max(n_labeled, n_unlabeled)``: every index of its set
-  ``length // n`` times plus a random tail of ``length % n`` distinct indices, shuffled. The larger set is a
-  plain permutation, the smaller one oversampled; the unlabeled streams are independent, re-drawn every epoch.
-* The augmentation of the sample at global position ``p`` of stream ``s`` and its CutMix mask draw from a
-  Generator seeded by ``SeedSequence([seed, tag, s, epoch, p])``.
-* Iteration ``i`` covers global positions ``i*G .. (i+1)*G - 1`` (G = global_batch); process ``r`` of ``W`` takes
-  the contiguous share from ``i*G + r*G/W``, split into micro-batches of ``cfg.micro_batch``.
-
-So the data never depends on ``num_workers`` or on where a run resumes (``start_iter`` skips iterations unread).
+A batch is a function of ``(cfg.seed, epoch, global sample position)`` only, never of ``num_workers`` or of where a
+run resumes. An epoch is ``L // global_batch`` iterations, L = max(n_labeled, n_unlabeled); each stream (labeled,
+unlabeled 0, unlabeled 1) draws a fresh order of length L per epoch (:func:`stream_order`: the larger set a
+permutation, the smaller oversampled). Iteration ``i`` covers global positions ``i*G .. (i+1)*G - 1``, rank ``r``
+of ``W`` the contiguous share from ``i*G + r*G/W``; each sample's augmentation and CutMix mask draw from
+:func:`sample_rng` of its position.
 """
 
 from __future__ import annotations
@@ -41,8 +35,7 @@ def _rng(seed, *words: int) -> np.random.Generator:
 
 
 def stream_order(n_items: int, length: int, seed: int, epoch: int, stream: int) -> np.ndarray:
-    """(length,) int64 indices into a set of ``n_items``: each ``length // n_items`` times plus ``length %
-    n_items`` distinct random ones, shuffled; deterministic in (seed, epoch, stream)."""
+    """(length,) int64: each of ``n_items`` indices ``length // n_items`` times, a random distinct tail, shuffled."""
     rng = _rng(seed, _TAG_ORDER, stream, epoch)
     repeats, tail = divmod(length, n_items)
     parts = [np.tile(np.arange(n_items, dtype=np.int64), repeats), rng.choice(n_items, tail, replace=False)]
@@ -55,8 +48,7 @@ def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.G
 
 
 class _Epoch(Dataset):
-    """Micro-batch ``k`` of one process's epoch (map-style, so any worker can build any ``k``); a UserError (a bad
-    file) comes back as an item, to be re-raised with its message intact."""
+    """Micro-batch ``k`` of one process's epoch; a UserError comes back as an item, to keep its message intact."""
 
     def __init__(self, loader: "TrainLoader", epoch: int):
         self.loader, self.epoch, self.orders = loader, epoch, loader.orders(epoch)
@@ -89,13 +81,9 @@ class _Epoch(Dataset):
 
 
 class TrainLoader:
-    """Training micro-batches of one process (sampling rules: the module docstring).
-
-    Reads the split lists of ``cfg`` (:func:`split_paths`); exposes ``iters_per_epoch``, ``accum`` (micro-batches
-    per iteration on this process) and ``micro_batch``. ``epoch(e, start_iter=0)`` yields ``(iters_per_epoch -
-    start_iter) * accum`` dicts of CPU tensors in the format of :mod:`furnace.datasets.batch` (the unlabeled keys
-    only ``need_unlabeled``), which :func:`furnace.datasets.to_device` turns into what the methods consume.
-    """
+    """Training micro-batches of one process from the split lists of ``cfg``: ``iters_per_epoch``, ``accum``
+    (micro-batches per iteration here), ``micro_batch``; ``epoch(e, start_iter)`` yields the batches of
+    :mod:`furnace.datasets.batch` (unlabeled keys only ``need_unlabeled``) for :func:`~furnace.datasets.to_device`."""
 
     def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, need_unlabeled: bool = True):
         self.cfg = cfg
@@ -129,16 +117,14 @@ class TrainLoader:
         return self.iters_per_epoch * self.accum
 
     def positions(self, k: int) -> range:
-        """Global sample positions of micro-batch ``k`` (``j`` of iteration ``i``) on rank ``r``:
-        ``i*G + r*G/W + j*B .. + B - 1``."""
+        """Global sample positions of micro-batch ``k`` (``j`` of iteration ``i``): ``i*G + r*G/W + j*B`` on."""
         iteration, j = divmod(k, self.accum)
         start = iteration * self.global_batch + self.rank * (self.global_batch // self.world_size)
         start += j * self.micro_batch
         return range(start, start + self.micro_batch)
 
     def orders(self, epoch: int) -> dict:
-        """``{stream: indices}`` of the epoch's ``iters_per_epoch * G`` positions into the labeled set (stream 0)
-        and the unlabeled set (streams 1, 2)."""
+        """``{stream: indices}`` of the epoch's positions into the labeled (0) and unlabeled (1, 2) sets."""
         used = self.iters_per_epoch * self.global_batch
         streams = {STREAM_LABELED: self.n_labeled}
         if self.need_unlabeled:

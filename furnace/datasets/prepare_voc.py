@@ -2,13 +2,9 @@
 
     python -m furnace.datasets.prepare_voc --voc VOCdevkit/VOC2012 --sbd benchmark_RELEASE --dst DATA/pascal_voc
 
-Writes ``DST/{train_aug,val}/{image/<id>.jpg,label/<id>.png}`` with single-channel index labels,
-``DST/train_aug.txt`` = (SBD train ∪ SBD val ∪ VOC train) − VOC val (10,582 ids) and ``DST/val.txt`` =
-VOC val (1,449 ids). A label comes from VOC's ``SegmentationClass`` (palette PNG: its palette indices
-are read, not its colours) when VOC has one, otherwise from SBD's ``cls/<id>.mat``
-(``GTcls.Segmentation``; reading it needs scipy). Value 255 (VOC object boundaries) stays ignore.
-Images are copied byte for byte. The partition lists are not made here: use the standard ones
-(``subset_train_aug/``) or ``python -m furnace.datasets.make_splits``.
+Writes ``DST/{train_aug,val}/{image,label}/`` (images copied, index-PNG labels from VOC's palette
+``SegmentationClass`` or else SBD's ``cls/<id>.mat``; 255 stays ignore), ``train_aug.txt`` = (SBD train ∪ SBD val ∪
+VOC train) − VOC val (10,582 ids) and ``val.txt`` = VOC val (1,449). Partitions: the standard lists or make_splits.
 """
 
 from __future__ import annotations
@@ -28,11 +24,7 @@ NUM_CLASSES = 21
 
 
 def read_palette_label(path) -> np.ndarray:
-    """Class indices (H, W) uint8 of a VOC ``SegmentationClass`` PNG.
-
-    A palette ('P') PNG gives its indices directly; a grayscale PNG is taken as already indexed; an
-    RGB PNG is mapped back through the VOC colormap (UserError naming the file for unknown colours).
-    """
+    """(H, W) uint8 class indices of a palette, grayscale or VOC-coloured RGB ``SegmentationClass`` PNG."""
     from PIL import Image
 
     try:
@@ -65,10 +57,8 @@ def _require_scipy():
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise UserError(
-            "reading SBD .mat files needs scipy, which is not installed: `pip install scipy` "
-            "(an optional dependency used only by prepare_voc)"
-        ) from None
+        raise UserError("reading SBD .mat files needs scipy, which is not installed: `pip install scipy` "
+                        "(an optional dependency used only by prepare_voc)") from None
     return loadmat
 
 
@@ -117,10 +107,7 @@ def _convert(job) -> str:
 
 
 def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
-    """Convert VOC (+ SBD when ``sbd`` is given) into ``dst``; returns {"train_aug": n, "val": n}.
-
-    Raises UserError listing the files that could not be converted (the others are written).
-    """
+    """Convert VOC (+ SBD when given) into ``dst``: ``{"train_aug": n, "val": n}``, or a UserError on failures."""
     voc, dst = Path(voc), Path(dst)
     layout = LAYOUTS["voc"]
     seg_sets = voc / "ImageSets" / "Segmentation"
@@ -154,15 +141,10 @@ def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.datasets.prepare_voc",
-        description="Convert VOC 2012 (+ SBD) into DATA/pascal_voc: train_aug/ and val/ with index-PNG labels, "
-        "train_aug.txt and val.txt. Reading SBD .mat files needs scipy.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m furnace.datasets.prepare_voc",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--voc", required=True, help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ImageSets)")
-    parser.add_argument(
-        "--sbd", default="", help="SBD root (benchmark_RELEASE or its dataset/ folder); omit for VOC only"
-    )
+    parser.add_argument("--sbd", default="", help="SBD root (benchmark_RELEASE or its dataset/); omit for VOC only")
     parser.add_argument("--dst", required=True, help="output folder, e.g. DATA/pascal_voc")
     parser.add_argument("--workers", type=int, default=default_workers(), help="processes (0 = none)")
     args = parser.parse_args(argv)

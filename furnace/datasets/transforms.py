@@ -1,10 +1,9 @@
-"""Training augmentation of SPEC §3: plain functions on numpy arrays (cv2), randomness from a Generator.
+"""Training augmentation of SPEC §3 as plain functions on numpy arrays (cv2), randomness from a Generator.
 
-Order: horizontal flip (p = 0.5), random scale (image bilinear, label nearest), ImageNet normalisation, random
-crop with offsets in [0, side - crop] and centred padding where the image is smaller (image 0 after
-normalisation, label 255). Normalisation is per pixel, so it runs after the crop: identical and far cheaper at
-large scales. The loader stops at :func:`augment` (uint8) and normalises on the device with the same table
-(:func:`furnace.datasets.device.to_device`), bit-identical to :func:`train_transform`, the all-CPU composition.
+Order: flip (p = 0.5), random scale (image bilinear, label nearest), random crop with centred padding (image 0
+after normalisation, label 255), ImageNet normalisation, which is per pixel and so runs after the crop (identical,
+far cheaper). The loader stops at uint8 :func:`augment` and normalises on the device with the same table,
+bit-identical to :func:`train_transform`, the all-CPU composition.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
 
 
 def random_scale(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, scales):
-    """``(image, label, s)`` resized by s drawn from ``scales`` to ``max(1, int(side * s))`` per axis (truncated,
-    as the original): image bilinear, label nearest."""
+    """``(image, label, s)`` resized by s from ``scales`` to ``max(1, int(side * s))`` as the original."""
     s = float(scales[rng.integers(len(scales))])
     if s == 1.0:
         return image, label, s
@@ -62,12 +60,9 @@ def _axis_window(side: int, crop: int, rng: np.random.Generator) -> tuple[slice,
 
 def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator,
              ignore_index: int = IGNORE_INDEX, *, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
-    """Random-crop / centre-pad to ``crop`` (int or (h, w)) without normalising.
-
-    Returns image (ch, cw, 3) uint8 (padding 0), label (ch, cw) uint8 (padding ``ignore_index``) or None, and
-    ``valid = (y0, x0, y1, x1)``, the box of real pixels. ``out`` / ``out_label`` are filled when given (the
-    loader writes straight into its batch buffers: one copy per pixel).
-    """
+    """Random-crop / centre-pad to ``crop`` (int or (h, w)): image (ch, cw, 3) uint8 (padding 0), label (ch, cw)
+    (padding ``ignore_index``) or None, and the box ``(y0, x0, y1, x1)`` of real pixels. Fills ``out`` /
+    ``out_label`` when given (the loader's batch buffers: one copy per pixel)."""
     ch, cw = (crop, crop) if np.isscalar(crop) else crop
     h, w = image.shape[:2]
     src_y, dst_y = _axis_window(h, ch, rng)
@@ -88,8 +83,7 @@ def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.G
 
 def crop_normalize(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator,
                    ignore_index: int = IGNORE_INDEX):
-    """:func:`crop_pad`, then image (ch, cw, 3) float32 normalised inside the box, 0 (the mean colour) outside;
-    returns ``(image, label)``."""
+    """:func:`crop_pad`, then ``(image, label)`` with the image float32, normalised in the box and 0 outside."""
     image, out_label, (y0, x0, y1, x1) = crop_pad(image, label, crop, rng, ignore_index)
     out = np.zeros(image.shape, np.float32)
     out[y0:y1, x0:x1] = normalize(image[y0:y1, x0:x1])
@@ -98,8 +92,7 @@ def crop_normalize(image: np.ndarray, label: np.ndarray | None, crop, rng: np.ra
 
 def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales,
             ignore_index: int = IGNORE_INDEX, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
-    """Flip, scale and :func:`crop_pad` on uint8 (the loader workers' part): ``(image, label, valid)``. Draws
-    from ``rng`` in a fixed order: flip, scale, crop offsets."""
+    """Flip, scale, then :func:`crop_pad` on uint8 (the loader workers' part): ``(image, label, valid)``."""
     image, label = hflip(image, label, rng)
     image, label, _ = random_scale(image, label, rng, scales)
     return crop_pad(image, label, crop_size, rng, ignore_index, out=out, out_label=out_label)
@@ -107,8 +100,7 @@ def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generato
 
 def train_transform(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales,
                     ignore_index: int = IGNORE_INDEX):
-    """The full SPEC §3 augmentation: image (H, W, 3) uint8 RGB, label (H, W) uint8 or None -> image (crop, crop,
-    3) float32 normalised, label (crop, crop) uint8 or None; the draws of :func:`augment`."""
+    """SPEC §3 augmentation: (H, W, 3) uint8, (H, W) or None -> normalised float32 crop, label crop or None."""
     image, label = hflip(image, label, rng)
     image, label, _ = random_scale(image, label, rng, scales)
     return crop_normalize(image, label, crop_size, rng, ignore_index)
