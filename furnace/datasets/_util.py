@@ -13,6 +13,8 @@ import numpy as np
 
 from ..utils import UserError
 
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
 
 def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: bool = True) -> list:
     """``[fn(job) for job in jobs]``, over ``workers`` processes when > 0 and worth it (``fn`` module-level)."""
@@ -25,10 +27,6 @@ def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: boo
     return list(bar(map(fn, jobs)))
 
 
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an (H, W) uint8 array as a single-channel PNG, creating parent folders."""
     path = Path(path)
@@ -39,11 +37,12 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def raise_conversion_problems(problems: list[str], total: int, what: str = "samples") -> None:
-    """A UserError listing the first 20 ``problems``, if there are any."""
+def raise_conversion_problems(results: list[str], what: str = "samples") -> None:
+    """A UserError listing the first 20 problems among ``results`` (one message or '' per sample), if any."""
+    problems = [p for p in results if p]
     if problems:
         shown = "\n  - ".join(problems[:20])
-        raise UserError(f"{len(problems)} of {total} {what} could not be converted:\n  - {shown}")
+        raise UserError(f"{len(problems)} of {len(results)} {what} could not be converted:\n  - {shown}")
 
 
 def next_step_hint(train_list: Path, subset_dir: Path) -> str:

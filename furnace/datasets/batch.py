@@ -1,16 +1,11 @@
-"""The training batch contract: key names, what each holds, and a synthetic batch.
+"""The training batch contract: the key names the methods read, what each holds, and a synthetic batch.
 
-A batch is a dict of CPU tensors from :class:`furnace.datasets.TrainLoader`, put on the device by
-:func:`furnace.datasets.device.to_device`; the methods read it by these names. With B images of c x c pixels:
-
-* :data:`IMAGES` ``image_l`` (labeled crop), ``image_u0``, ``image_u1`` (the unlabeled pair): (B, 3, c, c) uint8
-  RGB viewed channels-last; on the device float32, ImageNet-normalised, 0 outside the image's box;
-* :data:`BOXES` ``valid_l``, ``valid_u0``, ``valid_u1`` (:data:`BOX_OF`): (B, 4) int32 ``(y0, x0, y1, x1)`` of
-  the real pixels (the rest is padding); used and dropped by ``to_device``;
-* :data:`LABELS` ``label_l``: (B, c, c) uint8 class ids, 255 = ignore (:func:`label_dtype`); on the device int64;
-* :data:`MASKS` ``mask_mix``: (B, 1, c, c) uint8 CutMix mask, 1 = pixel from ``image_u1``; on the device float32.
-
-A labeled-only batch (the supervised baseline) holds :data:`LABELED_KEYS` only.
+From :class:`~furnace.datasets.TrainLoader`, with B crops of c x c pixels: :data:`IMAGES` (the labeled ``image_l``,
+the unlabeled pair ``image_u0``, ``image_u1``) (B, 3, c, c) uint8 RGB viewed channels-last; their :data:`BOXES`
+(:data:`BOX_OF`) (B, 4) int32 ``(y0, x0, y1, x1)`` of real pixels; :data:`LABELS` (B, c, c) uint8, 255 = ignore;
+:data:`MASKS` (B, 1, c, c) uint8 CutMix mask, 1 = pixel from ``image_u1``. A labeled-only batch holds
+:data:`LABELED_KEYS`. On the device (:func:`~furnace.datasets.device.to_device`): images float32 normalised, 0
+outside the box (boxes dropped), labels int64, the mask float32.
 """
 
 from __future__ import annotations

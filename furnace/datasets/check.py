@@ -1,6 +1,5 @@
-"""Validate a dataset folder and its split lists, naming every bad file.
-
-    python -m furnace.datasets.check --dataset voc --root DATA/pascal_voc [--ratio 8]
+"""Validate a dataset folder and its split lists, naming every bad file:
+``python -m furnace.datasets.check --dataset voc --root DATA/pascal_voc [--ratio 8]``.
 
 Lists: format, duplicates, files present, labeled/unlabeled disjoint; samples: readable, label an index PNG of its
 image's size with values in the classes ∪ {255}. Exit status 1 with every problem printed, 0 with a summary, 2 on
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import UserError, run_cli
-from ._util import default_workers, progress_map
+from ._util import DEFAULT_WORKERS, progress_map
 from .dataset import read_image, read_label
 from .layouts import LAYOUTS, DatasetLayout, dataset_dir, folder_layout, layout_of
 from .lists import read_list, require_split_lists
@@ -72,8 +71,7 @@ def _check_sample(job) -> tuple[list[str], np.ndarray | None]:
 
 def check_lists(layout: DatasetLayout, root, specs: list[ListSpec], *, fast: bool = False, workers: int = 0,
                 progress: bool = False, pairs: list[tuple[ListSpec, ListSpec]] = ()) -> CheckReport:
-    """Check the lists ``specs`` at ``root``: every listed file exists, all samples (``fast``: a few evenly spaced
-    per list) read cleanly, ``pairs`` of (labeled, unlabeled) lists are disjoint; each problem names its file."""
+    """Check ``specs`` at ``root``: files exist, samples (``fast``: a few per list) read, ``pairs`` disjoint."""
     report = CheckReport()
     root = Path(root)
     if not root.is_dir():
@@ -165,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ratio", type=int, default=None,
                         help="require the 1/N partition lists (default: check those present for 16, 8, 4, 2)")
     parser.add_argument("--fast", action="store_true", help="read only a sample of the files (all must exist)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="reader processes (0 = none)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="reader processes (0 = none)")
     args = parser.parse_args(argv)
 
     def body() -> int:

@@ -1,9 +1,5 @@
-"""One dataset class for every layout: a split list resolved into (image, label) files, read with cv2.
-
-Images come as (H, W, 3) uint8 RGB, labels as (H, W) uint8 index maps (255 = ignore). Every problem a user's files
-can have (missing, unreadable, truncated, palette or RGB label, size mismatch, value outside the classes) raises
-:class:`~furnace.utils.UserError` naming the file when the sample is read.
-"""
+"""One dataset class for every layout: a split list resolved into (image, label) files, read with cv2; every
+problem a user's files can have raises :class:`~furnace.utils.UserError` naming the file when it is read."""
 
 from __future__ import annotations
 
@@ -43,8 +39,7 @@ def _decode(data: np.ndarray, flags: int):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB, decoded as ``cv2.imread(path, cv2.IMREAD_COLOR)`` (EXIF orientation
-    applied); UserError naming ``path`` when it is missing, truncated or not an image."""
+    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)``; UserError naming a missing or broken ``path``."""
     path = Path(path)
     data = _read_bytes(path, "image")
     # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
@@ -68,8 +63,8 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """A single-channel 8-bit index PNG as (H, W) uint8 in ``[0, num_classes) ∪ {255}`` (``ignore_index`` becomes
-    255); UserError naming ``path`` for any other PNG or file, or values outside the classes and ``ignore_index``."""
+    """A single-channel 8-bit index PNG as (H, W) uint8, ``ignore_index`` returned as 255; UserError naming ``path``
+    for any other file or a value outside the classes (palette PNGs too: cv2 would expand their colours)."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
@@ -77,11 +72,9 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
     bit_depth, color_type = raw[24], raw[25]
     if color_type == 3:
-        raise UserError(
-            f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
-            f"indices must be stored as a single-channel index PNG. Convert the dataset with "
-            f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)"
-        )
+        raise UserError(f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
+                        f"indices must be stored as a single-channel index PNG. Convert the dataset with "
+                        f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)")
     if color_type != 0:
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
         raise UserError(f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
@@ -97,19 +90,17 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         counts[ignore_index] = 0
         bad = np.flatnonzero(counts)
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise UserError(
-            f"{path}: label values {{{shown}}} are outside the {num_classes} classes (0..{num_classes - 1}) "
-            f"and ignore {ignore_index}; is this the right dataset, and are labels trainIds/index values?"
-        )
+        raise UserError(f"{path}: label values {{{shown}}} are outside the {num_classes} classes "
+                        f"(0..{num_classes - 1}) and ignore {ignore_index}; is this the right dataset, and are labels "
+                        f"trainIds/index values?")
     if ignore_index != IGNORE_INDEX:  # everything downstream (losses, metrics) knows void as IGNORE_INDEX
         label = np.where(label == ignore_index, np.uint8(IGNORE_INDEX), label)
     return label
 
 
 class SegDataset(Dataset):
-    """Samples of one split list under the dataset folder ``root``: ``ds[i] -> {"image": (H, W, 3) uint8 RGB,
-    "label": (H, W) uint8 (with_label), "name": str}``. ``split`` (where ids resolve) defaults to ``val`` for a
-    list named ``val*``, else ``train``. The list is read on construction, the files on access."""
+    """Samples of a split list in the dataset folder ``root``: ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label":
+    (H, W) uint8 (with_label), "name": str}``; ``split`` defaults to ``val`` for a list named ``val*``."""
 
     def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
         self.layout = layout
@@ -135,10 +126,8 @@ class SegDataset(Dataset):
             return {"image": image, "name": name}
         label = read_label(label_path, self.layout.num_classes, self.layout.ignore_index)
         if image.shape[:2] != label.shape:
-            raise UserError(
-                f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
-                f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size"
-            )
+            raise UserError(f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
+                            f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size")
         return {"image": image, "label": label, "name": name}
 
     def __repr__(self) -> str:

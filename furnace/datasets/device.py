@@ -34,8 +34,7 @@ def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
 
 
 def to_device(batch: dict, device, *, channels_last: bool = False) -> dict:
-    """The batch on ``device`` for the methods: uint8 images normalised to float32 (boxes used and dropped), labels
-    int64, the mask float32."""
+    """The batch on ``device`` for the methods: images normalised float32, labels int64, the mask float32."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():

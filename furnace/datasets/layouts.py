@@ -47,9 +47,8 @@ SYNTHETIC_CLASSES, SYNTHETIC_COLORS = zip(*_SYNTHETIC_TABLE)
 
 @dataclass(frozen=True, eq=False)
 class DatasetLayout:
-    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ``"ids"`` | ``"pairs"``
-    (:mod:`.lists`), ``split_dirs`` the folders ids of train/val resolve into, list paths relative to the dataset
-    folder (``subset_pattern`` takes ``kind`` and ``ratio``)."""
+    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ids | pairs (:mod:`.lists`),
+    ``split_dirs`` where train/val ids resolve, list paths relative to the dataset folder."""
 
     name: str
     dir_name: str
@@ -95,8 +94,7 @@ class DatasetLayout:
 
 def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8 RGB with ``palette``; indices past it (255 = ignore) get ``fill``."""
-    lut = np.empty((256, 3), np.uint8)
-    lut[:] = fill
+    lut = np.full((256, 3), fill, np.uint8)
     n = min(len(palette), 255)
     lut[:n] = np.asarray(palette, np.uint8)[:n]
     return lut[np.asarray(index_map, np.uint8)]

@@ -13,19 +13,16 @@ from pathlib import Path
 from ..utils import UserError
 from .layouts import DatasetLayout, dataset_dir, layout_of
 
+_LIST_KEYS = ("labeled_list", "unlabeled_list", "val_list")
+
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)``: the standard lists of ``cfg.labeled_ratio`` (1: the whole
-    training list twice), each replaced by a non-empty ``cfg.<name>`` (relative to the dataset folder)."""
+    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg.labeled_ratio`` or set in ``cfg`` (relative to root)."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
-    if ratio == 1:
-        labeled = unlabeled = layout.train_list
-    else:
-        labeled, unlabeled = layout.subset_list("labeled", ratio), layout.subset_list("unlabeled", ratio)
-    return (root / (cfg.get("labeled_list", "") or labeled), root / (cfg.get("unlabeled_list", "") or unlabeled),
-            root / (cfg.get("val_list", "") or layout.val_list))
+    defaults = [layout.subset_list(k, ratio) if ratio != 1 else layout.train_list for k in ("labeled", "unlabeled")]
+    return tuple(root / (cfg.get(key, "") or default) for key, default in zip(_LIST_KEYS, defaults + [layout.val_list]))
 
 
 def partition_ratios(layout: DatasetLayout, root) -> list[int]:
@@ -42,7 +39,7 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     paths = split_paths(cfg)
-    for key, path in zip(("labeled_list", "unlabeled_list", "val_list")[: 3 if with_val else 2], paths):
+    for key, path in zip(_LIST_KEYS[: 3 if with_val else 2], paths):
         if path.is_file():
             continue
         if cfg.get(key, ""):
@@ -76,8 +73,7 @@ def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
 
 
 def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
-    """The entries of a split list in ``list_format`` (``ids`` | ``pairs``); UserError naming the file (and line)
-    when it is missing, empty or a line is malformed."""
+    """The entries of a split list in ``list_format``; UserError naming the file (and line) when it is unfit."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")

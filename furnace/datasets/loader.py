@@ -1,12 +1,10 @@
 """Training batches: labeled + two unlabeled streams + CutMix masks, sharded over processes.
 
 A batch is a function of ``(cfg.seed, epoch, global sample position)`` only, never of ``num_workers`` or of where a
-run resumes. An epoch is ``L // global_batch`` iterations, L = max(n_labeled, n_unlabeled); each stream (labeled,
-unlabeled 0, unlabeled 1) draws a fresh order of length L per epoch (:func:`stream_order`: the larger set a
-permutation, the smaller oversampled). Iteration ``i`` covers global positions ``i*G .. (i+1)*G - 1``, rank ``r``
-of ``W`` the contiguous share from ``i*G + r*G/W``; each sample's augmentation and CutMix mask draw from
-:func:`sample_rng` of its position.
-"""
+run resumes. An epoch is L // global_batch iterations, L = max(n_labeled, n_unlabeled); each stream (labeled,
+unlabeled 0, unlabeled 1) draws its own order of length L per epoch (:func:`stream_order`). Iteration ``i`` covers
+global positions ``i*G ..``, rank ``r`` of ``W`` the share from ``i*G + r*G/W``; each sample's augmentation and
+CutMix mask draw from :func:`sample_rng` of its position."""
 
 from __future__ import annotations
 
@@ -81,36 +79,28 @@ class _Epoch(Dataset):
 
 
 class TrainLoader:
-    """Training micro-batches of one process from the split lists of ``cfg``: ``iters_per_epoch``, ``accum``
-    (micro-batches per iteration here), ``micro_batch``; ``epoch(e, start_iter)`` yields the batches of
-    :mod:`furnace.datasets.batch` (unlabeled keys only ``need_unlabeled``) for :func:`~furnace.datasets.to_device`."""
+    """Micro-batches (:mod:`furnace.datasets.batch`; unlabeled keys only ``need_unlabeled``) of one process:
+    ``epoch(e, start_iter)`` yields ``(iters_per_epoch - start_iter) * accum`` of them."""
 
     def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, need_unlabeled: bool = True):
-        self.cfg = cfg
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.need_unlabeled = need_unlabeled
-        self.layout = layout_of(cfg)
-        self.global_batch = int(cfg.global_batch)
+        self.cfg, self.need_unlabeled, self.layout = cfg, need_unlabeled, layout_of(cfg)
+        self.rank, self.world_size, self.global_batch = int(rank), int(world_size), int(cfg.global_batch)
         self.micro_batch, self.accum = batch_split(cfg, self.world_size)  # as the config's preparation
         self.specs = batch_specs(self.micro_batch, cfg.crop_size, label_dtype(self.layout.num_classes),
                                  unlabeled=need_unlabeled)
         root = dataset_dir(cfg)
         labeled_list, unlabeled_list, _ = require_split_lists(cfg, with_val=False)
         self.labeled = SegDataset(self.layout, root, labeled_list, with_label=True, split="train")
-        self.unlabeled = None
-        if need_unlabeled:
-            self.unlabeled = SegDataset(self.layout, root, unlabeled_list, with_label=False, split="train")
-            n_unlabeled = len(self.unlabeled)
-        else:  # the epoch still follows the unlabeled list: a supervised baseline runs as many iterations
-            n_unlabeled = len(read_list(unlabeled_list, self.layout.list_format))
-        self.n_labeled, self.n_unlabeled = len(self.labeled), n_unlabeled
+        self.unlabeled = (SegDataset(self.layout, root, unlabeled_list, with_label=False, split="train")
+                          if need_unlabeled else None)
+        # the epoch follows the unlabeled list even without it: a supervised baseline runs as many iterations
+        unlabeled = self.unlabeled.entries if need_unlabeled else read_list(unlabeled_list, self.layout.list_format)
+        self.n_labeled, self.n_unlabeled = len(self.labeled), len(unlabeled)
         self.samples_per_epoch = max(self.n_labeled, self.n_unlabeled)
         self.iters_per_epoch = self.samples_per_epoch // self.global_batch
         if self.iters_per_epoch < 1:
-            raise UserError(
-                f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make no full "
-                f"global batch of {self.global_batch}; lower global_batch or use more data"
-            )
+            raise UserError(f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make "
+                            f"no full global batch of {self.global_batch}; lower global_batch or use more data")
 
     def __len__(self) -> int:
         """Micro-batches per full epoch on this process."""

@@ -1,13 +1,11 @@
-"""Make labeled/unlabeled partition lists from a training list.
+"""Make labeled/unlabeled partition lists from a training list (``--list LIST --out DIR``) or for your own
+``images/``, ``labels/``, ``classes.txt`` (``--folder ROOT``: also ``train.txt`` / ``val.txt`` when absent).
 
-    python -m furnace.datasets.make_splits --list DATA/pascal_voc/train_aug.txt \\
-        --out DATA/pascal_voc/subset_train_aug --seed 0 --ratios 16 8 4 2
-    python -m furnace.datasets.make_splits --folder DATA/custom --seed 0 --ratios 8
+    python -m furnace.datasets.make_splits --list DATA/pascal_voc/train_aug.txt --out DATA/pascal_voc/subset_train_aug
 
 The 1/N partition labels the first ``ceil(n / N)`` entries of one seeded permutation, the rule behind the standard
 splits (VOC 10,582 -> 662 / 1,323 / 2,646 / 5,291 for 1/16 .. 1/2), so partitions are nested; the rest is
-unlabeled; entries keep the list's order and format. ``--folder`` (your own ``images/``, ``labels/``,
-``classes.txt``) first writes ``train.txt`` / ``val.txt`` when absent, then ``splits/train_*_1-N.txt``.
+unlabeled; entries keep the list's order and format.
 """
 
 from __future__ import annotations
@@ -97,16 +95,12 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--list", help="training list (VOC ids or Cityscapes TAB pairs)")
-    source.add_argument("--folder", metavar="ROOT", help="your own dataset (images/, labels/, classes.txt): writes "
-                        "ROOT/train.txt and val.txt when absent, and the partitions into ROOT/splits/")
+    source.add_argument("--folder", metavar="ROOT", help="your own dataset: ROOT/train.txt, val.txt, splits/")
     parser.add_argument("--out", help="folder for <prefix>_{labeled,unlabeled}_1-N.txt (with --list)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="--folder without val.txt: the share of images for validation (default 0.1)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="--folder: share of images for val.txt")
     parser.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
-    parser.add_argument("--format", choices=("voc", "city", "synthetic"), default=None,
-                        help="list format; default: detected from the first line")
-    parser.add_argument("--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS),
-                        help="N values (default 16 8 4 2)")
+    parser.add_argument("--format", choices=("voc", "city", "synthetic"), help="list format (default: detected)")
+    parser.add_argument("--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS), help="N values (16 8 4 2)")
     parser.add_argument("--prefix", default="train_aug", help="file name prefix (default train_aug)")
     args = parser.parse_args(argv)
 

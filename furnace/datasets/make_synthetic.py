@@ -1,12 +1,10 @@
-"""Generate the embedded synthetic dataset: VOC-shaped, small, deterministic (byte-identical files), not trivial.
-
-    python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0
+"""Generate the embedded synthetic dataset: VOC-shaped, small, deterministic (byte-identical files), not trivial:
+``python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0``.
 
 Seven classes: background and {striped, dotted, grid} x {dark pattern on light, light on dark}: local cues a small
 network learns from scratch on a CPU, but not well from 1/8 of the labels. Textures run horizontally or vertically
 (``TEXTURE_ANGLES``: with any angle, more labels did not reliably help the demo's student). Objects (the shape
 carries no class) may overlap; cluttered backgrounds, blur, noise and JPEG; the module constants are the knobs.
-Writes the VOC layout with its lists and :mod:`.make_splits` partitions (same seed).
 """
 
 from __future__ import annotations
@@ -187,12 +185,10 @@ def generate(root, seed: int = 0, num_train: int = DEFAULT_NUM_TRAIN, num_val: i
     if num_train < 1 or num_val < 1 or min(h, w) < 16:
         raise ValueError("need num_train >= 1, num_val >= 1 and images of at least 16x16")
     layout = LAYOUTS["synthetic"]
+    from tqdm import tqdm
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
-    if progress:
-        from tqdm import tqdm
-        jobs = tqdm(jobs, desc="synthetic", unit="img")
     names = {"train": [], "val": []}
-    for split, index in jobs:
+    for split, index in tqdm(jobs, desc="synthetic", unit="img", disable=not progress):
         folder = root / layout.split_dirs[split]
         (folder / "image").mkdir(parents=True, exist_ok=True)
         (folder / "label").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,5 @@
-"""Convert the official Cityscapes layout into the project's flat layout with trainIds (SPEC §2).
-
-    python -m furnace.datasets.prepare_cityscapes --src CITYSCAPES_ROOT --dst DATA/city
+"""Convert the official Cityscapes layout into the project's flat layout with trainIds (SPEC §2):
+``python -m furnace.datasets.prepare_cityscapes --src CITYSCAPES_ROOT --dst DATA/city``.
 
 ``leftImg8bit/<split>/<city>/<x>_leftImg8bit.png`` -> ``images/<split>/<x>.png`` (copied or ``--link``ed),
 ``gtFine/.../<x>_gtFine_labelIds.png`` -> ``segmentation/<split>/<x>_gtFine.png`` (trainIds, void 255), and
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..utils import IGNORE_INDEX, UserError, run_cli
-from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
+from ._util import DEFAULT_WORKERS, next_step_hint, progress_map, raise_conversion_problems, write_png
 from .layouts import CITY_LABELID_TO_TRAINID
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -71,8 +70,7 @@ def prepare_cityscapes(src, dst, splits=("train", "val"), link: bool = False, wo
             jobs.append((str(image), str(label), str(dst / rel_image), str(dst / rel_label), link))
             lines.append(f"/{rel_image}\t/{rel_label}\n")
         results = progress_map(_convert, jobs, workers, desc=f"cityscapes {split}", progress=progress)
-        problems = [p for p in results if p]
-        raise_conversion_problems(problems, len(jobs), f"{split} samples")
+        raise_conversion_problems(results, f"{split} samples")
         (dst / "config_new").mkdir(parents=True, exist_ok=True)
         (dst / "config_new" / f"{split}.txt").write_text("".join(lines))
         counts[split] = len(lines)
@@ -86,14 +84,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dst", required=True, help="output folder, e.g. DATA/city")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default train val)")
     parser.add_argument("--link", action="store_true", help="hard-link images instead of copying (same file system)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes (0 = none)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="processes (0 = none)")
     args = parser.parse_args(argv)
 
     def body():
-        counts = prepare_cityscapes(args.src, args.dst, args.splits, args.link, args.workers, progress=True)
-        for split, n in counts.items():
-            print(f"{split}: {n} samples -> {Path(args.dst) / 'config_new' / (split + '.txt')}")
         lists = Path(args.dst) / "config_new"
+        for split, n in prepare_cityscapes(args.src, args.dst, args.splits, args.link, args.workers).items():
+            print(f"{split}: {n} samples -> {lists / (split + '.txt')}")
         print(next_step_hint(lists / "train.txt", lists / "subset_train"))
 
     return run_cli(body)

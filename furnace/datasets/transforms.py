@@ -1,9 +1,7 @@
-"""Training augmentation of SPEC §3 as plain functions on numpy arrays (cv2), randomness from a Generator.
-
-Order: flip (p = 0.5), random scale (image bilinear, label nearest), random crop with centred padding (image 0
-after normalisation, label 255), ImageNet normalisation, which is per pixel and so runs after the crop (identical,
-far cheaper). The loader stops at uint8 :func:`augment` and normalises on the device with the same table,
-bit-identical to :func:`train_transform`, the all-CPU composition.
+"""Training augmentation of SPEC §3 as plain functions on numpy arrays (cv2), randomness from a Generator: flip
+(p = 0.5), random scale, random crop with centred padding, then ImageNet normalisation (per pixel, so after the crop:
+identical, far cheaper). The loader stops at uint8 :func:`augment` and normalises on the device with the same
+table, bit-identical to :func:`train_transform`, the all-CPU composition.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
 
 
 def random_scale(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, scales):
-    """``(image, label, s)`` resized by s from ``scales`` to ``max(1, int(side * s))`` as the original."""
+    """``(image, label, s)`` resized by s from ``scales`` to ``max(1, int(side * s))``: bilinear, label nearest."""
     s = float(scales[rng.integers(len(scales))])
     if s == 1.0:
         return image, label, s
@@ -60,9 +58,8 @@ def _axis_window(side: int, crop: int, rng: np.random.Generator) -> tuple[slice,
 
 def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator,
              ignore_index: int = IGNORE_INDEX, *, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
-    """Random-crop / centre-pad to ``crop`` (int or (h, w)): image (ch, cw, 3) uint8 (padding 0), label (ch, cw)
-    (padding ``ignore_index``) or None, and the box ``(y0, x0, y1, x1)`` of real pixels. Fills ``out`` /
-    ``out_label`` when given (the loader's batch buffers: one copy per pixel)."""
+    """Random-crop / centre-pad to ``crop`` (int or (h, w)): image, label (padding 0 / ``ignore_index``) and the box
+    ``(y0, x0, y1, x1)`` of real pixels, written into ``out`` / ``out_label`` when given (one copy per pixel)."""
     ch, cw = (crop, crop) if np.isscalar(crop) else crop
     h, w = image.shape[:2]
     src_y, dst_y = _axis_window(h, ch, rng)
