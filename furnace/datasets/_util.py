@@ -1,7 +1,5 @@
 """Helpers of the dataset tools: a process-pool map with a progress bar, PNG writing, conversion errors."""
 
-from __future__ import annotations
-
 import functools
 import multiprocessing
 import os

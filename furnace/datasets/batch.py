@@ -8,8 +8,6 @@ the unlabeled pair ``image_u0``, ``image_u1``) (B, 3, c, c) uint8 RGB viewed cha
 outside the box (boxes dropped), labels int64, the mask float32.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

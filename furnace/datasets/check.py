@@ -6,8 +6,6 @@ image's size with values in the classes ∪ {255}. Exit status 1 with every prob
 a usage error. :func:`check_dataset` is the quick version run before training.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

@@ -4,8 +4,6 @@
 image's (u ~ U(0, 1)) scaled by sqrt(1/3), at ``round((side - box) * U(0, 1))`` per axis as the original (the two
 end positions half as likely as the others). 3 boxes, p ~ U(0.25, 0.5) cover ~0.25 of the image on average."""
 
-from __future__ import annotations
-
 import math
 
 import numpy as np

@@ -1,8 +1,6 @@
 """One dataset class for every layout: a split list resolved into (image, label) files, read with cv2; every
 problem a user's files can have raises :class:`~furnace.utils.UserError` naming the file when it is read."""
 
-from __future__ import annotations
-
 import functools
 import os
 from pathlib import Path

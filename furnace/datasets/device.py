@@ -1,8 +1,6 @@
 """The batch on the training device: uint8 from the loader (4x fewer bytes than float32), normalised there with
 :data:`furnace.datasets.transforms.NORMALIZE_LUT`, so the values are bit-identical to normalising on the CPU."""
 
-from __future__ import annotations
-
 import functools
 
 import torch
@@ -11,7 +9,7 @@ from .batch import BOX_OF, BOXES, IMAGES, LABELS, MASKS
 from .transforms import NORMALIZE_LUT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(device: str) -> torch.Tensor:
     """(3 * 256,) float32 on ``device``: entry ``c * 256 + v`` is NORMALIZE_LUT[0, v, c]."""
     return torch.from_numpy(NORMALIZE_LUT[0].T.reshape(-1).copy()).to(device)

@@ -1,8 +1,6 @@
 """Per-dataset layouts: where images, labels and split lists live under ``data_root / dir_name``, how a list
 entry resolves into files, the class names and palette. The lists themselves are read by :mod:`.lists`."""
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

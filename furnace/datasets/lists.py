@@ -4,8 +4,6 @@ Formats (SPEC §2): ``ids`` (VOC, synthetic, folder), one bare id per line, reso
 (Cityscapes), ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``, relative to the dataset folder.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from pathlib import Path

@@ -6,8 +6,6 @@ unlabeled 0, unlabeled 1) draws its own order of length L per epoch (:func:`stre
 global positions ``i*G ..``, rank ``r`` of ``W`` the share from ``i*G + r*G/W``; each sample's augmentation and
 CutMix mask draw from :func:`sample_rng` of its position."""
 
-from __future__ import annotations
-
 import sys
 
 import numpy as np

@@ -8,8 +8,6 @@ splits (VOC 10,582 -> 662 / 1,323 / 2,646 / 5,291 for 1/16 .. 1/2), so partition
 unlabeled; entries keep the list's order and format.
 """
 
-from __future__ import annotations
-
 import argparse
 import math
 import sys

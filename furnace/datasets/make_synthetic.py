@@ -7,8 +7,6 @@ network learns from scratch on a CPU, but not well from 1/8 of the labels. Textu
 carries no class) may overlap; cluttered backgrounds, blur, noise and JPEG; the module constants are the knobs.
 """
 
-from __future__ import annotations
-
 import argparse
 import math
 import sys

@@ -6,8 +6,6 @@
 ``config_new/<split>.txt`` with ``/images/...<TAB>/segmentation/...`` lines.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import shutil

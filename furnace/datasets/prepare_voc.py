@@ -6,8 +6,6 @@ Writes ``DST/{train_aug,val}/{image,label}/`` (images copied, index-PNG labels f
 VOC train) − VOC val (10,582 ids) and ``val.txt`` = VOC val (1,449). Partitions: the standard lists or make_splits.
 """
 
-from __future__ import annotations
-
 import argparse
 import shutil
 import sys

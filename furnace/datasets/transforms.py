@@ -4,8 +4,6 @@ identical, far cheaper). The loader stops at uint8 :func:`augment` and normalise
 table, bit-identical to :func:`train_transform`, the all-CPU composition.
 """
 
-from __future__ import annotations
-
 import cv2
 import numpy as np
 
