@@ -101,10 +101,7 @@ class SegDataset(Dataset):
     (H, W) uint8 (with_label), "name": str}``; ``split`` defaults to ``val`` for a list named ``val*``."""
 
     def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
-        self.layout = layout
-        self.root = Path(root)
-        self.list_path = Path(list_path)
-        self.with_label = with_label
+        self.layout, self.root, self.list_path, self.with_label = layout, Path(root), Path(list_path), with_label
         self.split = split or ("val" if self.list_path.name.lower().startswith("val") else "train")
         if self.split not in ("train", "val"):
             raise ValueError(f"split must be train or val, not {self.split!r}")

@@ -34,9 +34,7 @@ def partition_ratios(layout: DatasetLayout, root) -> list[int]:
 
 def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
     """:func:`split_paths` once the lists exist, else a UserError on the first missing one saying what to do."""
-    layout = layout_of(cfg)
-    root = dataset_dir(cfg)
-    paths = split_paths(cfg)
+    layout, root, paths = layout_of(cfg), dataset_dir(cfg), split_paths(cfg)
     for key, path in zip(_LIST_KEYS[: 3 if with_val else 2], paths):
         if path.is_file():
             continue

@@ -73,8 +73,7 @@ class _Canvas:
             on = du * du + dv * dv < (width / 2 + 0.5) ** 2
         else:
             on = (du < width * 0.7) | (dv < width * 0.7)
-        hue = _color(rng)
-        contrast = rng.uniform(*PATTERN_CONTRAST)
+        hue, contrast = _color(rng), rng.uniform(*PATTERN_CONTRAST)
         if light:
             base = hue * 0.35
             pattern = base + (255.0 - base) * contrast
