@@ -1,9 +1,6 @@
-"""Small helpers shared by the dataset tools: a progress-bar map over a process pool, PNG writing, the
-report of samples a conversion could not read, and the next step after a conversion (their error handling:
-furnace.utils.run_cli)."""
+"""Helpers of the dataset tools: a process-pool map with a progress bar, PNG writing, conversion errors."""
 
-from __future__ import annotations
-
+import functools
 import multiprocessing
 import os
 import sys
@@ -14,27 +11,22 @@ import numpy as np
 
 from ..utils import UserError
 
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
 
 def progress_map(fn, jobs: list, workers: int = 0, desc: str = "", progress: bool = True) -> list:
-    """``[fn(job) for job in jobs]`` in order, over ``workers`` processes when > 0 (and worth it),
-    with a tqdm bar when ``progress``. ``fn`` must be a module-level function."""
+    """``[fn(job) for job in jobs]``, over ``workers`` processes when > 0 and worth it (``fn`` module-level)."""
     from tqdm import tqdm
 
-    def bar(it):
-        return tqdm(it, total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
-
+    bar = functools.partial(tqdm, total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
     if workers > 0 and len(jobs) > 32:
         with multiprocessing.Pool(workers) as pool:
             return list(bar(pool.imap(fn, jobs, chunksize=8)))
     return list(bar(map(fn, jobs)))
 
 
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write an (H, W) uint8 array as a single-channel PNG (parent folders created)."""
+    """Write an (H, W) uint8 array as a single-channel PNG, creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(array))
@@ -43,14 +35,15 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def raise_conversion_problems(problems: list[str], total: int, what: str = "samples") -> None:
-    """A UserError listing (the first 20 of) ``problems`` when there are any, else nothing."""
+def raise_conversion_problems(results: list[str], what: str = "samples") -> None:
+    """A UserError listing the first 20 problems among ``results`` (one message or '' per sample), if any."""
+    problems = [p for p in results if p]
     if problems:
         shown = "\n  - ".join(problems[:20])
-        raise UserError(f"{len(problems)} of {total} {what} could not be converted:\n  - {shown}")
+        raise UserError(f"{len(problems)} of {len(results)} {what} could not be converted:\n  - {shown}")
 
 
 def next_step_hint(train_list: Path, subset_dir: Path) -> str:
-    """What a user does after converting a dataset: provide the standard partitions, or make them."""
+    """The step after converting a dataset: provide the standard partitions, or make them."""
     return (f"next: put the standard partition lists into {subset_dir}/ or run "
             f"python -m furnace.datasets.make_splits --list {train_list} --out {subset_dir}")

@@ -1,51 +1,35 @@
-"""The training batch contract: the key names, what each key holds, and a synthetic batch.
+"""The training batch contract: the key names the methods read, what each holds, and a synthetic batch.
 
-A batch is a dict of CPU tensors that :class:`furnace.datasets.TrainLoader` hands over and
-:func:`furnace.datasets.device.to_device` puts on the training device; the methods read it by these
-names. With B images of c x c pixels:
-
-* images :data:`IMAGES`: ``image_l`` (labeled crop), ``image_u0``, ``image_u1`` (the two unlabeled
-  crops), (B, 3, c, c) uint8 RGB viewed channels-last (the buffers are HWC); on the device float32,
-  ImageNet-normalised, 0 outside the image's box;
-* boxes :data:`BOXES`: ``valid_l``, ``valid_u0``, ``valid_u1`` (B, 4) int32 ``(y0, x0, y1, x1)`` of
-  the image's real pixels (the rest is padding), one per image key (:data:`BOX_OF`); used and dropped
-  by ``to_device``;
-* labels :data:`LABELS`: ``label_l`` (B, c, c) uint8 class ids, 255 = ignore (int16 above 256
-  classes: :func:`label_dtype`); on the device int64;
-* masks :data:`MASKS`: ``mask_mix`` (B, 1, c, c) uint8 in {0, 1}, the CutMix mask (1 = pixel from
-  ``image_u1``); on the device float32.
-
-A labeled-only batch (the supervised baseline) holds :data:`LABELED_KEYS` only.
+From :class:`~furnace.datasets.TrainLoader`, with B crops of c x c pixels: :data:`IMAGES` (the labeled ``image_l``,
+the unlabeled pair ``image_u0``, ``image_u1``) (B, 3, c, c) uint8 RGB viewed channels-last; their :data:`BOXES`
+(:data:`BOX_OF`) (B, 4) int32 ``(y0, x0, y1, x1)`` of real pixels; :data:`LABELS` (B, c, c) uint8, 255 = ignore;
+:data:`MASKS` (B, 1, c, c) uint8 CutMix mask, 1 = pixel from ``image_u1``. A labeled-only batch holds
+:data:`LABELED_KEYS`. On the device (:func:`~furnace.datasets.device.to_device`): images float32 normalised, 0
+outside the box (boxes dropped), labels int64, the mask float32.
 """
-
-from __future__ import annotations
 
 import math
 
 import torch
 
-from ..utils import IGNORE_INDEX
-
 IMAGE_L, IMAGE_U0, IMAGE_U1 = "image_l", "image_u0", "image_u1"
 VALID_L, VALID_U0, VALID_U1 = "valid_l", "valid_u0", "valid_u1"
-LABEL_L = "label_l"
-MASK_MIX = "mask_mix"
+LABEL_L, MASK_MIX = "label_l", "mask_mix"
 
 IMAGES = (IMAGE_L, IMAGE_U0, IMAGE_U1)
-BOX_OF = {IMAGE_L: VALID_L, IMAGE_U0: VALID_U0, IMAGE_U1: VALID_U1}  # image key -> its valid box key
+BOX_OF = {IMAGE_L: VALID_L, IMAGE_U0: VALID_U0, IMAGE_U1: VALID_U1}
 BOXES = tuple(BOX_OF.values())
 LABELS = (LABEL_L,)
 MASKS = (MASK_MIX,)
 LABELED_KEYS = (IMAGE_L, LABEL_L, VALID_L)
 
 
-def label_dtype(num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.dtype:
-    """uint8 when every class id and the ignore value fit in it (up to 256 classes), else int16."""
-    return torch.uint8 if max(num_classes - 1, ignore_index) <= 255 else torch.int16
+def label_dtype(num_classes: int) -> torch.dtype:
+    """uint8 while every class id and the ignore value 255 fit (up to 256 classes), else int16."""
+    return torch.uint8 if num_classes <= 256 else torch.int16
 
 
-def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, *,
-                unlabeled: bool = True) -> dict:
+def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, *, unlabeled: bool = True) -> dict:
     """``{key: (shape, dtype)}`` of one micro-batch's buffers as they are filled (images HWC)."""
     n, c = micro_batch, crop
     specs = {LABEL_L: ((n, c, c), labels)}
@@ -58,9 +42,9 @@ def batch_specs(micro_batch: int, crop: int, labels: torch.dtype = torch.uint8, 
 
 
 def allocate(specs: dict) -> dict:
-    """Fresh tensors ``{key: (shape, dtype)}`` carved from one buffer (one shared-memory segment when a
-    loader worker hands the batch over)."""
-    sizes = {key: math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for key, (shape, dtype) in specs.items()}
+    """Tensors of ``specs`` carved from one buffer: one shared-memory segment when a worker hands the batch over."""
+    sizes = {key: math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+             for key, (shape, dtype) in specs.items()}
     offsets, total = {}, 0
     for key, size in sizes.items():
         offsets[key], total = total, total + -(-size // 8) * 8  # 8-byte aligned
@@ -74,11 +58,8 @@ def as_batch(buffers: dict) -> dict:
     return {key: value.permute(0, 3, 1, 2) if key in IMAGES else value for key, value in buffers.items()}
 
 
-def synthetic_batch(micro_batch: int, crop: int, num_classes: int, *, seed: int = 0,
-                    unlabeled: bool = True) -> dict:
-    """A fixed batch in the loader's exact format (the benchmark's and the tests' stand-in for real data):
-    random uint8 images and labels below ``num_classes``, no padding (every box the whole crop), and a
-    CutMix mask that takes the central box, 1/4 of the area, from ``image_u1``."""
+def synthetic_batch(micro_batch: int, crop: int, num_classes: int, *, seed: int = 0, unlabeled: bool = True) -> dict:
+    """A random batch in the loader's format without padding, the mask's central box from ``image_u1``."""
     g = torch.Generator().manual_seed(seed)
     buffers = {}
     for key, (shape, dtype) in batch_specs(micro_batch, crop, label_dtype(num_classes), unlabeled=unlabeled).items():

@@ -1,11 +1,5 @@
-"""One dataset class for every layout: a split list resolved into (image, label) files, read with cv2.
-
-Images are returned as H×W×3 uint8 RGB; labels as H×W uint8 index maps (255 = ignore). Every problem a
-user's files can have (missing, unreadable, truncated, palette or RGB label, size mismatch, label value
-outside the classes) raises :class:`~furnace.utils.UserError` naming the file when the sample is read.
-"""
-
-from __future__ import annotations
+"""One dataset class for every layout: a split list resolved into (image, label) files, read with cv2; every
+problem a user's files can have raises :class:`~furnace.utils.UserError` naming the file when it is read."""
 
 import functools
 import os
@@ -43,13 +37,11 @@ def _decode(data: np.ndarray, flags: int):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; UserError naming ``path`` when it is missing,
-    truncated or not an image. Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``: a JPEG's
-    EXIF orientation tag is applied (labels are PNGs without one, so such an image must be stored upright)."""
+    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)``; UserError naming a missing or broken ``path``."""
     path = Path(path)
     data = _read_bytes(path, "image")
-    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so
-    # require the end-of-image marker (it only occurs as a marker, never inside the coded data).
+    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
+    # end-of-image marker (it only occurs as a marker, never inside the coded data).
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
     image = _decode(data, cv2.IMREAD_COLOR)
@@ -69,12 +61,8 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Decode a single-channel 8-bit index PNG to (H, W) uint8 and check its values.
-
-    Values must lie in ``[0, num_classes) ∪ {ignore_index}``; ``ignore_index`` is returned as
-    ``IGNORE_INDEX`` (255). A palette PNG (whose colours cv2 would expand), an RGB/RGBA colour label,
-    a 16-bit or non-PNG file raise UserError naming ``path``.
-    """
+    """A single-channel 8-bit index PNG as (H, W) uint8, ``ignore_index`` returned as 255; UserError naming ``path``
+    for any other file or a value outside the classes (palette PNGs too: cv2 would expand their colours)."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
@@ -82,17 +70,13 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
     bit_depth, color_type = raw[24], raw[25]
     if color_type == 3:
-        raise UserError(
-            f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
-            f"indices must be stored as a single-channel index PNG. Convert the dataset with "
-            f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)"
-        )
+        raise UserError(f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
+                        f"indices must be stored as a single-channel index PNG. Convert the dataset with "
+                        f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)")
     if color_type != 0:
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
-        raise UserError(
-            f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
-            f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore"
-        )
+        raise UserError(f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
+                        f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore")
     if bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
     label = _decode(data, cv2.IMREAD_UNCHANGED)
@@ -104,51 +88,21 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         counts[ignore_index] = 0
         bad = np.flatnonzero(counts)
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise UserError(
-            f"{path}: label values {{{shown}}} are outside the {num_classes} classes (0..{num_classes - 1}) "
-            f"and ignore {ignore_index}; is this the right dataset, and are labels trainIds/index values?"
-        )
+        raise UserError(f"{path}: label values {{{shown}}} are outside the {num_classes} classes "
+                        f"(0..{num_classes - 1}) and ignore {ignore_index}; is this the right dataset, and are labels "
+                        f"trainIds/index values?")
     if ignore_index != IGNORE_INDEX:  # everything downstream (losses, metrics) knows void as IGNORE_INDEX
         label = np.where(label == ignore_index, np.uint8(IGNORE_INDEX), label)
     return label
 
 
-def read_pair(image_path, label_path, num_classes: int, ignore_index: int = IGNORE_INDEX):
-    """``(image, label)`` of one sample with all checks of :func:`read_image` / :func:`read_label`
-    plus equal sizes (UserError naming both files otherwise)."""
-    image = read_image(image_path)
-    label = read_label(label_path, num_classes, ignore_index)
-    if image.shape[:2] != label.shape:
-        raise UserError(
-            f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
-            f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size"
-        )
-    return image, label
-
-
-def infer_split(list_path: str | os.PathLike) -> str:
-    """``"val"`` for a list whose file name starts with ``val``, else ``"train"`` (id lists resolve
-    into ``train_aug/`` or ``val/`` accordingly)."""
-    return "val" if Path(list_path).name.lower().startswith("val") else "train"
-
-
 class SegDataset(Dataset):
-    """Samples of one split list.
-
-    ``SegDataset(layout, root, list_path, with_label=True, *, split=None)``: ``root`` is the dataset
-    directory (``data_root / layout.dir_name``); ``split`` (train | val) picks where ids resolve for
-    id lists, inferred from the list's file name when None (see :func:`infer_split`).
-
-    ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label": (H, W) uint8 (only with_label), "name": str}``.
-    The list is read (strictly) on construction; files are read on access.
-    """
+    """Samples of a split list in the dataset folder ``root``: ``ds[i] -> {"image": (H, W, 3) uint8 RGB, "label":
+    (H, W) uint8 (with_label), "name": str}``; ``split`` defaults to ``val`` for a list named ``val*``."""
 
     def __init__(self, layout: DatasetLayout, root, list_path, with_label: bool = True, *, split: str | None = None):
-        self.layout = layout
-        self.root = Path(root)
-        self.list_path = Path(list_path)
-        self.with_label = with_label
-        self.split = split or infer_split(list_path)
+        self.layout, self.root, self.list_path, self.with_label = layout, Path(root), Path(list_path), with_label
+        self.split = split or ("val" if self.list_path.name.lower().startswith("val") else "train")
         if self.split not in ("train", "val"):
             raise ValueError(f"split must be train or val, not {self.split!r}")
         self.entries = read_list(self.list_path, layout.list_format)
@@ -162,9 +116,13 @@ class SegDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, label_path, name = self.files(index)
+        image = read_image(image_path)
         if not self.with_label:
-            return {"image": read_image(image_path), "name": name}
-        image, label = read_pair(image_path, label_path, self.layout.num_classes, self.layout.ignore_index)
+            return {"image": image, "name": name}
+        label = read_label(label_path, self.layout.num_classes, self.layout.ignore_index)
+        if image.shape[:2] != label.shape:
+            raise UserError(f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
+                            f"{label.shape[1]}x{label.shape[0]} (width x height); they must have the same size")
         return {"image": image, "label": label, "name": name}
 
     def __repr__(self) -> str:

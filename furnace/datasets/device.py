@@ -1,34 +1,25 @@
-"""The batch on the training device: uint8 from the loader, normalised there.
+"""The batch on the training device: uint8 from the loader (4x fewer bytes than float32), normalised there with
+:data:`furnace.datasets.transforms.NORMALIZE_LUT`, so the values are bit-identical to normalising on the CPU."""
 
-:func:`to_device` moves a loader batch (:mod:`furnace.datasets.batch`: uint8 images, labels and mask, 4x
-fewer bytes than float32) and normalises on the device with the table of
-:data:`furnace.datasets.transforms.NORMALIZE_LUT`, zeroing each image's padding, so the values are
-bit-identical to normalising on the CPU. Float batches (tests, benchmarks) pass through unchanged.
-"""
-
-from __future__ import annotations
+import functools
 
 import torch
 
 from .batch import BOX_OF, BOXES, IMAGES, LABELS, MASKS
 from .transforms import NORMALIZE_LUT
 
-_TABLES: dict = {}
 
-
-def _table(device: torch.device) -> torch.Tensor:
+@functools.cache
+def _table(device: str) -> torch.Tensor:
     """(3 * 256,) float32 on ``device``: entry ``c * 256 + v`` is NORMALIZE_LUT[0, v, c]."""
-    key = str(device)
-    if key not in _TABLES:
-        _TABLES[key] = torch.from_numpy(NORMALIZE_LUT[0].T.reshape(-1).copy()).to(device)
-    return _TABLES[key]
+    return torch.from_numpy(NORMALIZE_LUT[0].T.reshape(-1).copy()).to(device)
 
 
 def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
                      channels_last: bool = False) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> float32 ImageNet-normalised; 0 outside each image's ``valid`` (y0, x0, y1, x1) box."""
     offsets = torch.arange(0, 3 * 256, 256, device=images.device).view(1, 3, 1, 1)
-    out = _table(images.device)[images.long() + offsets]
+    out = _table(str(images.device))[images.long() + offsets]
     if valid is not None:
         valid = valid.to(images.device, torch.int64)
         rows = torch.arange(images.shape[2], device=images.device)
@@ -41,8 +32,7 @@ def normalize_images(images: torch.Tensor, valid: torch.Tensor | None = None, *,
 
 
 def to_device(batch: dict, device, *, channels_last: bool = False) -> dict:
-    """The batch on ``device`` as the methods consume it: images float32 normalised (channels-last when
-    asked), labels int64, the CutMix mask float32 in {0, 1}; the valid boxes are used and dropped."""
+    """The batch on ``device`` for the methods: images normalised float32, labels int64, the mask float32."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():

@@ -1,12 +1,5 @@
-"""Per-dataset layout descriptions: where files live, which list format they use, classes, palettes.
-
-A :class:`DatasetLayout` says where a dataset's images, labels and split lists live under
-``data_root / dir_name``, how a list entry resolves into files, and the dataset's class names and
-palette (:func:`classes_and_palette` fills in what a layout lacks). The list files themselves are read
-and checked by :mod:`furnace.datasets.lists`.
-"""
-
-from __future__ import annotations
+"""Per-dataset layouts: where images, labels and split lists live under ``data_root / dir_name``, how a list
+entry resolves into files, the class names and palette. The lists themselves are read by :mod:`.lists`."""
 
 import os
 from dataclasses import dataclass, field
@@ -18,98 +11,42 @@ from ..utils import IGNORE_INDEX, UserError
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC bit-interleaved colormap: (n, 3) uint8 RGB; row i is the colour of index i.
-
-    Bits 0, 1, 2 of the index go to the most significant free bit of R, G, B, then the next three
-    bits to the next lower bit, and so on.
-    """
-    cmap = np.zeros((n, 3), np.uint8)
-    for index in range(n):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        cmap[index] = (r, g, b)
+    """The PASCAL VOC colormap: (n, 3) uint8 RGB, row i the colour of index i (n <= 256)."""
+    index, cmap = np.arange(n), np.zeros((n, 3), np.uint8)
+    for k in range(8):  # bit 3k + c of the index becomes bit 7 - k of channel c
+        for c in range(3):
+            cmap[:, c] |= (((index >> (3 * k + c)) & 1) << (7 - k)).astype(np.uint8)
     return cmap
 
 
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 
 # The 19 Cityscapes evaluation classes in trainId order: (official labelId, name, official colour).
 _CITY_TABLE = (
-    (7, "road", (128, 64, 128)),
-    (8, "sidewalk", (244, 35, 232)),
-    (11, "building", (70, 70, 70)),
-    (12, "wall", (102, 102, 156)),
-    (13, "fence", (190, 153, 153)),
-    (17, "pole", (153, 153, 153)),
-    (19, "traffic light", (250, 170, 30)),
-    (20, "traffic sign", (220, 220, 0)),
-    (21, "vegetation", (107, 142, 35)),
-    (22, "terrain", (152, 251, 152)),
-    (23, "sky", (70, 130, 180)),
-    (24, "person", (220, 20, 60)),
-    (25, "rider", (255, 0, 0)),
-    (26, "car", (0, 0, 142)),
-    (27, "truck", (0, 0, 70)),
-    (28, "bus", (0, 60, 100)),
-    (31, "train", (0, 80, 100)),
-    (32, "motorcycle", (0, 0, 230)),
-    (33, "bicycle", (119, 11, 32)),
+    (7, "road", (128, 64, 128)), (8, "sidewalk", (244, 35, 232)), (11, "building", (70, 70, 70)),
+    (12, "wall", (102, 102, 156)), (13, "fence", (190, 153, 153)), (17, "pole", (153, 153, 153)),
+    (19, "traffic light", (250, 170, 30)), (20, "traffic sign", (220, 220, 0)), (21, "vegetation", (107, 142, 35)),
+    (22, "terrain", (152, 251, 152)), (23, "sky", (70, 130, 180)), (24, "person", (220, 20, 60)),
+    (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)), (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)),
+    (31, "train", (0, 80, 100)), (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)),
 )
-CITY_CLASSES = tuple(name for _, name, _ in _CITY_TABLE)
-CITY_COLORS = tuple(color for _, _, color in _CITY_TABLE)
+_, CITY_CLASSES, CITY_COLORS = zip(*_CITY_TABLE)
 # Official labelId -> trainId; every other id (unlabeled, ego vehicle, ..., license plate) is void (255).
 CITY_LABELID_TO_TRAINID = {label_id: train_id for train_id, (label_id, _, _) in enumerate(_CITY_TABLE)}
 
 # Background, then {striped, dotted, grid} x {dark pattern on a light base, light pattern on a dark base}.
-_SYNTHETIC_TABLE = (
-    ("background", (0, 0, 0)),
-    ("stripes_dark", (230, 25, 75)),
-    ("stripes_light", (245, 130, 48)),
-    ("dots_dark", (60, 180, 75)),
-    ("dots_light", (0, 130, 200)),
-    ("grid_dark", (145, 30, 180)),
-    ("grid_light", (240, 50, 230)),
-)
-SYNTHETIC_CLASSES = tuple(name for name, _ in _SYNTHETIC_TABLE)
-SYNTHETIC_COLORS = tuple(color for _, color in _SYNTHETIC_TABLE)
+_SYNTHETIC_TABLE = (("background", (0, 0, 0)), ("stripes_dark", (230, 25, 75)), ("stripes_light", (245, 130, 48)),
+                    ("dots_dark", (60, 180, 75)), ("dots_light", (0, 130, 200)), ("grid_dark", (145, 30, 180)),
+                    ("grid_light", (240, 50, 230)))
+SYNTHETIC_CLASSES, SYNTHETIC_COLORS = zip(*_SYNTHETIC_TABLE)
 
 
 @dataclass(frozen=True, eq=False)
 class DatasetLayout:
-    """How one dataset is stored under ``data_root / dir_name``.
-
-    ``list_format`` is ``"ids"`` or ``"pairs"`` (see :mod:`furnace.datasets.lists`); ``split_dirs`` maps
-    ``"train"``/``"val"`` to the folder ids resolve into (``ids`` format only). List locations are
-    relative to the dataset directory; ``subset_pattern`` takes ``kind`` (labeled | unlabeled) and
-    ``ratio``.
-    """
+    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ids | pairs (:mod:`.lists`),
+    ``split_dirs`` where train/val ids resolve, list paths relative to the dataset folder."""
 
     name: str
     dir_name: str
@@ -140,29 +77,22 @@ class DatasetLayout:
         return self.subset_pattern.format(kind=kind, ratio=int(ratio))
 
     def resolve(self, entry: str, root: str | os.PathLike, split: str = "train") -> tuple[Path, Path, str]:
-        """Files of one list entry: ``(image_path, label_path, name)``.
-
-        ``entry`` is a line as returned by :func:`~furnace.datasets.lists.read_list` (an id, or ``"img<TAB>label"``);
-        ``split`` (train | val) picks the folder for id lists and is ignored for pair lists.
-        """
+        """``(image_path, label_path, name)`` of a list entry: an id (in ``split``'s folder) or ``"img<TAB>label"``."""
         root = Path(root)
         if self.list_format == "ids":
             folder = root / self.split_dirs[split]
             return folder / "image" / f"{entry}{self.image_ext}", folder / "label" / f"{entry}{self.label_ext}", entry
         image, label = entry.split("\t")
-        name = Path(image).stem
-        return root / image.lstrip("/"), root / label.lstrip("/"), name
+        return root / image.lstrip("/"), root / label.lstrip("/"), Path(image).stem
 
     def colorize(self, label: np.ndarray) -> np.ndarray:
-        """Colour image (H, W, 3) uint8 RGB of an index map (H, W); ignore and unknown values get
-        ``ignore_color``."""
+        """(H, W) index map -> (H, W, 3) uint8 RGB; ignore and unknown values get ``ignore_color``."""
         return colorize(label, self.palette[: self.num_classes], self.ignore_color)
 
 
 def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8 RGB with ``palette``; indices past it (255 = ignore) get ``fill``."""
-    lut = np.empty((256, 3), np.uint8)
-    lut[:] = fill
+    lut = np.full((256, 3), fill, np.uint8)
     n = min(len(palette), 255)
     lut[:n] = np.asarray(palette, np.uint8)[:n]
     return lut[np.asarray(index_map, np.uint8)]
@@ -174,10 +104,7 @@ def generic_class_names(num_classes: int) -> list[str]:
 
 
 def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple[list[str], np.ndarray]:
-    """``(class_names, palette)`` of ``layout`` for a network predicting ``num_classes`` classes: its names
-    when it has exactly that many, its palette when it has at least that many colours. What it lacks (all,
-    with no layout) is filled in here, the one place that decides it: generic names
-    (:func:`generic_class_names`) and the VOC colours (:func:`voc_colormap`)."""
+    """``(class_names, palette)`` for ``num_classes`` outputs: the layout's where they fit, else generic / VOC."""
     names = generic_class_names(num_classes)
     palette = voc_colormap(max(num_classes, 1))
     if layout is not None and len(layout.class_names) == num_classes:
@@ -188,65 +115,37 @@ def classes_and_palette(layout: DatasetLayout | None, num_classes: int) -> tuple
 
 
 def classes_record(names, palette) -> dict:
-    """``{"class_names", "palette"}`` as files record them (segmentor and ONNX metadata): the names, and
-    one ``[r, g, b]`` list per class."""
+    """``{"class_names", "palette"}`` as files (segmentor, ONNX metadata) record them: one [r, g, b] per class."""
     names = list(names)
     return {"class_names": names, "palette": np.asarray(palette, np.uint8)[: len(names)].tolist()}
 
 
-_VOC_LIKE = dict(
-    list_format="ids",
-    train_list="train_aug.txt",
-    val_list="val.txt",
-    subset_pattern="subset_train_aug/train_aug_{kind}_1-{ratio}.txt",
-    split_dirs={"train": "train_aug", "val": "val"},
-    image_ext=".jpg",
-    label_ext=".png",
-)
+_VOC_LIKE = dict(list_format="ids", train_list="train_aug.txt", val_list="val.txt",
+                 subset_pattern="subset_train_aug/train_aug_{kind}_1-{ratio}.txt",
+                 split_dirs={"train": "train_aug", "val": "val"})
 
 LAYOUTS = {
-    "voc": DatasetLayout(
-        name="voc",
-        dir_name="pascal_voc",
-        class_names=VOC_CLASSES,
-        palette=voc_colormap(21),
-        ignore_color=tuple(int(c) for c in voc_colormap(256)[255]),
-        **_VOC_LIKE,
-    ),
-    "city": DatasetLayout(
-        name="city",
-        dir_name="city",
-        class_names=CITY_CLASSES,
-        palette=np.array(CITY_COLORS, np.uint8),
-        list_format="pairs",
-        train_list="config_new/train.txt",
-        val_list="config_new/val.txt",
-        subset_pattern="config_new/subset_train/train_aug_{kind}_1-{ratio}.txt",
-        image_ext=".png",
-        label_ext=".png",
-        ignore_color=(0, 0, 0),
-    ),
-    "synthetic": DatasetLayout(
-        name="synthetic",
-        dir_name="synthetic",
-        class_names=SYNTHETIC_CLASSES,
-        palette=np.array(SYNTHETIC_COLORS, np.uint8),
-        **_VOC_LIKE,
-    ),
+    "voc": DatasetLayout(name="voc", dir_name="pascal_voc", class_names=VOC_CLASSES, palette=voc_colormap(21),
+                         ignore_color=tuple(int(c) for c in voc_colormap(256)[255]), **_VOC_LIKE),
+    "city": DatasetLayout(name="city", dir_name="city", class_names=CITY_CLASSES,
+                          palette=np.array(CITY_COLORS, np.uint8), list_format="pairs",
+                          train_list="config_new/train.txt", val_list="config_new/val.txt",
+                          subset_pattern="config_new/subset_train/train_aug_{kind}_1-{ratio}.txt", image_ext=".png",
+                          ignore_color=(0, 0, 0)),
+    "synthetic": DatasetLayout(name="synthetic", dir_name="synthetic", class_names=SYNTHETIC_CLASSES,
+                               palette=np.array(SYNTHETIC_COLORS, np.uint8), **_VOC_LIKE),
 }
 
 
 def layout_of(cfg) -> DatasetLayout:
-    """The layout ``cfg`` trains and evaluates with: ``LAYOUTS[cfg.dataset]`` for voc / city / synthetic,
-    for ``folder`` the one read from ``cfg.data_root`` (classes.txt checked against ``cfg.num_classes``)."""
+    """``LAYOUTS[cfg.dataset]``, or for ``folder`` the one read from ``cfg.data_root`` (checked against the config)."""
     if cfg.dataset == "folder":
         return folder_layout(cfg.data_root, int(cfg.num_classes), int(cfg.ignore_index))
     return LAYOUTS[cfg.dataset]
 
 
 def dataset_dir(cfg) -> Path:
-    """``cfg.data_root / layout.dir_name``: the folder the lists' entries resolve into (a ``folder``
-    dataset: ``data_root`` itself)."""
+    """The folder list entries resolve into: ``cfg.data_root / layout.dir_name`` (``folder``: data_root)."""
     return Path(cfg.data_root) / ("" if cfg.dataset == "folder" else LAYOUTS[cfg.dataset].dir_name)
 
 
@@ -258,8 +157,7 @@ CLASSES_FILE = "classes.txt"
 
 @dataclass(frozen=True, eq=False)
 class FolderLayout(DatasetLayout):
-    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (index PNG), ``classes.txt``;
-    lists ``train.txt`` / ``val.txt`` of stems (or file names), partitions under ``splits/``."""
+    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png``, ``classes.txt``, lists of stems."""
 
     def resolve(self, entry: str, root, split: str = "train") -> tuple[Path, Path, str]:
         root = Path(root)
@@ -273,8 +171,7 @@ class FolderLayout(DatasetLayout):
 
 
 def read_classes(path) -> tuple[list[str], np.ndarray | None]:
-    """``(names, palette)`` of a classes.txt: one class per line, ``name`` or ``name r g b`` (0-255).
-    ``palette`` is None when no line gives a colour; lines without one get the VOC colour of their index."""
+    """``(names, palette)`` of a classes.txt of ``name [r g b]`` lines; palette None when no line has a colour."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classes file not found; write one class name per line (optionally "
@@ -301,9 +198,7 @@ def read_classes(path) -> tuple[list[str], np.ndarray | None]:
 
 
 def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> FolderLayout:
-    """The layout of a ``folder`` dataset at ``root`` (see :class:`FolderLayout`), its classes from
-    ``root/classes.txt``; UserError when that file disagrees with ``num_classes`` or ``ignore_index``
-    collides with a class."""
+    """The :class:`FolderLayout` at ``root``; UserError when classes.txt disagrees with the arguments."""
     path = Path(root) / CLASSES_FILE
     names, palette = read_classes(path)
     if num_classes is not None and num_classes != len(names):
@@ -312,10 +207,7 @@ def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNO
     if not (len(names) <= ignore_index <= 255):
         raise UserError(f"config: ignore_index={ignore_index} must lie in {len(names)}..255 (above every class "
                         f"index of {path}); relabel the void pixels or choose another ignore_index")
-    return FolderLayout(
-        name="folder", dir_name="", class_names=tuple(names),
-        palette=palette if palette is not None else voc_colormap(len(names)),
-        list_format="ids", train_list="train.txt", val_list="val.txt",
-        subset_pattern="splits/train_{kind}_1-{ratio}.txt", split_dirs={"train": "", "val": ""},
-        image_ext=".jpg", label_ext=".png", ignore_index=int(ignore_index),
-    )
+    return FolderLayout(name="folder", dir_name="", class_names=tuple(names),
+                        palette=palette if palette is not None else voc_colormap(len(names)), list_format="ids",
+                        train_list="train.txt", val_list="val.txt", subset_pattern="splits/train_{kind}_1-{ratio}.txt",
+                        split_dirs={"train": "", "val": ""}, ignore_index=int(ignore_index))

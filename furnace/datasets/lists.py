@@ -1,20 +1,8 @@
-"""Split lists: where a config's lists are, reading them strictly, and saying how to make missing ones.
+"""Split lists: where a config's lists are, reading them strictly, and how to make missing ones.
 
-Two list formats exist (SPEC §2):
-
-* ``ids`` (VOC, synthetic): one bare id per line. An id resolves to
-  ``<split_dir>/image/<id>.jpg`` and ``<split_dir>/label/<id>.png`` where ``split_dir`` is
-  ``train_aug`` for every training list and ``val`` for the validation list (see
-  :meth:`~furnace.datasets.layouts.DatasetLayout.resolve`; a ``folder`` dataset's ids are file stems under
-  ``images/`` and ``labels/``).
-* ``pairs`` (Cityscapes): ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png`` per line; both
-  paths start with ``/`` and are relative to the dataset directory (``DATA/city``).
-
-Reading a list is strict: a line in the other format, a malformed line or an empty file raises
-:class:`~furnace.utils.UserError` naming the list file and the line.
+Formats (SPEC §2): ``ids`` (VOC, synthetic, folder), one bare id per line, resolved by the layout; ``pairs``
+(Cityscapes), ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``, relative to the dataset folder.
 """
-
-from __future__ import annotations
 
 import os
 import re
@@ -23,35 +11,20 @@ from pathlib import Path
 from ..utils import UserError
 from .layouts import DatasetLayout, dataset_dir, layout_of
 
+_LIST_KEYS = ("labeled_list", "unlabeled_list", "val_list")
+
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)`` for ``cfg.dataset`` and ``cfg.labeled_ratio``.
-
-    Uses the dataset's standard list locations under ``cfg.data_root``; a non-empty
-    ``cfg.labeled_list`` / ``unlabeled_list`` / ``val_list`` replaces the corresponding one (a relative
-    path is taken relative to the dataset directory, e.g. ``DATA/pascal_voc``). ``labeled_ratio`` 1
-    means fully labeled: both training lists are the whole training list.
-    """
+    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg.labeled_ratio`` or set in ``cfg`` (relative to root)."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
-    if ratio == 1:
-        labeled = unlabeled = layout.train_list
-    else:
-        labeled, unlabeled = layout.subset_list("labeled", ratio), layout.subset_list("unlabeled", ratio)
-
-    def pick(override, default):
-        return root / (override or default)  # an absolute override replaces root
-
-    return (
-        pick(cfg.get("labeled_list", ""), labeled),
-        pick(cfg.get("unlabeled_list", ""), unlabeled),
-        pick(cfg.get("val_list", ""), layout.val_list),
-    )
+    defaults = [layout.subset_list(k, ratio) if ratio != 1 else layout.train_list for k in ("labeled", "unlabeled")]
+    return tuple(root / (cfg.get(key, "") or default) for key, default in zip(_LIST_KEYS, defaults + [layout.val_list]))
 
 
 def partition_ratios(layout: DatasetLayout, root) -> list[int]:
-    """The N of every 1/N labeled partition list present under ``root`` (descending)."""
+    """The N of every 1/N labeled partition list present under ``root``, descending."""
     folder = Path(root) / layout.subset_dir
     before, after = os.path.basename(layout.subset_pattern).replace("{kind}", "labeled").split("{ratio}")
     pattern = re.compile(re.escape(before) + r"(\d+)" + re.escape(after))
@@ -60,17 +33,9 @@ def partition_ratios(layout: DatasetLayout, root) -> list[int]:
 
 
 def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
-    """:func:`split_paths` of ``cfg``, after checking that the list files exist (the val list only
-    ``with_val``).
-
-    Raises UserError naming the first missing list and what to do: a list set in the config names
-    its key; a missing standard partition of ``labeled_ratio`` gets the ``make_splits`` command that
-    writes it; when the training list is missing too, ``data_root`` is the likely culprit.
-    """
-    layout = layout_of(cfg)
-    root = dataset_dir(cfg)
-    paths = split_paths(cfg)
-    for key, path in zip(("labeled_list", "unlabeled_list", "val_list")[: 3 if with_val else 2], paths):
+    """:func:`split_paths` once the lists exist, else a UserError on the first missing one saying what to do."""
+    layout, root, paths = layout_of(cfg), dataset_dir(cfg), split_paths(cfg)
+    for key, path in zip(_LIST_KEYS[: 3 if with_val else 2], paths):
         if path.is_file():
             continue
         if cfg.get(key, ""):
@@ -80,22 +45,18 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
             raise UserError(f"{path}: split list not found, nor {train_list}; write the lists from images/ and "
                             f"labels/ with `{make_splits_command(layout, root, int(cfg.labeled_ratio))}`")
         if not train_list.is_file():
-            raise UserError(
-                f"{path}: split list not found, nor the training list {train_list}; set data_root to the folder "
-                f"holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md"
-            )
+            raise UserError(f"{path}: split list not found, nor the training list {train_list}; set data_root to the "
+                            f"folder holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md")
         ratio = int(cfg.labeled_ratio)
         if key == "val_list" or ratio == 1:
             raise UserError(f"{path}: split list not found; restore it from the dataset's list files")
         present = partition_ratios(layout, root)
-        have = "no partition lists exist"
+        have, alternative = "no partition lists exist", ""
         if present:
             have = f"the partitions present are {', '.join(f'1/{r}' for r in present)}"
-        raise UserError(
-            f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
-            f"`{make_splits_command(layout, root, ratio)}`"
-            + (f" or set labeled_ratio to {' / '.join(map(str, present))}" if present else "")
-        )
+            alternative = f" or set labeled_ratio to {' / '.join(map(str, present))}"
+        raise UserError(f"{path}: split list for labeled_ratio={ratio} not found ({have}); make it with "
+                        f"`{make_splits_command(layout, root, ratio)}`{alternative}")
     return paths
 
 
@@ -108,12 +69,7 @@ def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
 
 
 def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
-    """Entries of a split list in ``list_format`` (``ids`` | ``pairs``), in file order.
-
-    Blank lines are skipped and line ends (``\\n``, ``\\r\\n``) stripped; everything else must match
-    the format exactly. Raises UserError naming the file (and line) when the file is missing or
-    empty or a line is malformed; pair entries are returned as ``"img<TAB>label"``.
-    """
+    """The entries of a split list in ``list_format``; UserError naming the file (and line) when it is unfit."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: split list not found; check data_root / the list paths in the config")
@@ -138,10 +94,8 @@ def read_list(path: str | os.PathLike, list_format: str) -> list[str]:
 def _line_problem(line: str, list_format: str) -> str:
     if list_format == "ids":
         if "\t" in line or " " in line:
-            return (
-                "expected one bare id per line (VOC format), found several fields; is this a "
-                "Cityscapes-style list given for a VOC-style dataset?"
-            )
+            return ("expected one bare id per line (VOC format), found several fields; is this a "
+                    "Cityscapes-style list given for a VOC-style dataset?")
         if "/" in line or "\\" in line or line.startswith("."):
             return "expected a bare id (no folder, no extension), e.g. 2007_000032"
         return ""

@@ -1,23 +1,10 @@
 """Training batches: labeled + two unlabeled streams + CutMix masks, sharded over processes.
 
-Everything a batch holds is a deterministic function of ``(cfg.seed, epoch, global sample position)``:
-
-* Epoch = ``max(n_labeled, n_unlabeled) // global_batch`` iterations. Each stream (labeled, unlabeled
-  0, unlabeled 1) gets its own order per epoch of length ``max(n_labeled, n_unlabeled)``: every index
-  of its set repeated ``length // n`` times plus a random tail of ``length % n`` distinct indices,
-  shuffled. The larger set is thus a plain permutation, the smaller one oversampled; the two
-  unlabeled streams are independent shuffles re-drawn every epoch.
-* The augmentation of the sample at global position ``p`` of stream ``s`` and its CutMix mask use a
-  Generator seeded by ``SeedSequence([seed, tag, s, epoch, p])``.
-* Iteration ``i`` covers global positions ``i*G .. (i+1)*G - 1`` (G = global_batch); process ``r`` of
-  ``W`` takes the contiguous share ``i*G + r*G/W .. i*G + (r+1)*G/W - 1``, split into micro-batches of
-  ``cfg.micro_batch``.
-
-So the data never depends on ``num_workers`` or on where a run resumes (``start_iter`` skips
-iterations without reading them).
-"""
-
-from __future__ import annotations
+A batch is a function of ``(cfg.seed, epoch, global sample position)`` only, never of ``num_workers`` or of where a
+run resumes. An epoch is L // global_batch iterations, L = max(n_labeled, n_unlabeled); each stream (labeled,
+unlabeled 0, unlabeled 1) draws its own order of length L per epoch (:func:`stream_order`). Iteration ``i`` covers
+global positions ``i*G ..``, rank ``r`` of ``W`` the share from ``i*G + r*G/W``; each sample's augmentation and
+CutMix mask draw from :func:`sample_rng` of its position."""
 
 import sys
 
@@ -28,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import batch_split
 from ..utils import UserError, raise_item_error, user_error_as_item
 from .batch import BOX_OF, IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX, allocate, as_batch, batch_specs, label_dtype
-from .cutmix import box_mask_from_cfg
+from .cutmix import box_mask
 from .dataset import SegDataset
 from .layouts import dataset_dir, layout_of
 from .lists import read_list, require_split_lists, split_paths
@@ -39,17 +26,13 @@ STREAM_LABELED, STREAM_U0, STREAM_U1, STREAM_MASK = 0, 1, 2, 3
 _TAG_ORDER, _TAG_SAMPLE = 0x0D3E, 0x5A17  # keep order and per-sample seeds apart
 
 
-def _entropy(seed) -> int:
-    return int(seed) % (1 << 64)
+def _rng(seed, *words: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) % (1 << 64), *words])))
 
 
 def stream_order(n_items: int, length: int, seed: int, epoch: int, stream: int) -> np.ndarray:
-    """Indices (length,) int64 into a set of ``n_items`` for one stream and epoch.
-
-    Each index appears ``length // n_items`` times, plus ``length % n_items`` distinct random ones,
-    all shuffled. Deterministic in (seed, epoch, stream).
-    """
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([_entropy(seed), _TAG_ORDER, stream, epoch])))
+    """(length,) int64: each of ``n_items`` indices ``length // n_items`` times, a random distinct tail, shuffled."""
+    rng = _rng(seed, _TAG_ORDER, stream, epoch)
     repeats, tail = divmod(length, n_items)
     parts = [np.tile(np.arange(n_items, dtype=np.int64), repeats), rng.choice(n_items, tail, replace=False)]
     return rng.permutation(np.concatenate(parts).astype(np.int64))
@@ -57,14 +40,11 @@ def stream_order(n_items: int, length: int, seed: int, epoch: int, stream: int) 
 
 def sample_rng(seed: int, epoch: int, position: int, stream: int) -> np.random.Generator:
     """The Generator for the sample at global ``position`` of ``stream`` in ``epoch``."""
-    return np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([_entropy(seed), _TAG_SAMPLE, stream, epoch, position]))
-    )
+    return _rng(seed, _TAG_SAMPLE, stream, epoch, position)
 
 
 class _Epoch(Dataset):
-    """Micro-batch ``k`` of one process's epoch (map-style, so any worker can build any ``k``); a UserError
-    (a bad file) comes back as an item, to be re-raised with its message intact."""
+    """Micro-batch ``k`` of one process's epoch; a UserError comes back as an item, to keep its message intact."""
 
     def __init__(self, loader: "TrainLoader", epoch: int):
         self.loader, self.epoch, self.orders = loader, epoch, loader.orders(epoch)
@@ -91,86 +71,53 @@ class _Epoch(Dataset):
                     sample_rng(cfg.seed, self.epoch, p, stream), crop_size=cfg.crop_size, scales=cfg.train_scales,
                     out=arrays[image][i], out_label=out_label)
             if loader.need_unlabeled:
-                c = cfg.crop_size
-                arrays[MASK_MIX][i, 0] = box_mask_from_cfg((c, c), sample_rng(cfg.seed, self.epoch, p, STREAM_MASK), cfg)
+                arrays[MASK_MIX][i, 0] = box_mask((cfg.crop_size, cfg.crop_size), sample_rng(
+                    cfg.seed, self.epoch, p, STREAM_MASK), int(cfg.cutmix_boxes), tuple(cfg.cutmix_area))
         return as_batch(buffers)
 
 
 class TrainLoader:
-    """Training micro-batches of one process (see the module docstring for the sampling rules).
-
-    ``TrainLoader(cfg, *, rank=0, world_size=1, need_unlabeled=True)`` reads the split lists of
-    ``cfg`` (:func:`split_paths`) and exposes ``iters_per_epoch``, ``accum`` (micro-batches per
-    iteration on this process) and ``micro_batch``. ``epoch(e, start_iter=0)`` yields
-    ``(iters_per_epoch - start_iter) * accum`` dicts of CPU tensors (the keys of
-    :mod:`furnace.datasets.batch`):
-
-    * ``image_l`` (B, 3, c, c) uint8 RGB (a channels-last view), ``label_l`` (B, c, c) uint8
-      (255 = ignore; int16 above 256 classes), ``valid_l`` (B, 4) int32 ``(y0, x0, y1, x1)`` boxes of
-      real pixels (the rest is padding, 0 after normalisation);
-    * with ``need_unlabeled``: ``image_u0``, ``image_u1`` with ``valid_u0``, ``valid_u1`` and
-      ``mask_mix`` (B, 1, c, c) uint8 in {0, 1} (1 = pixel from u1),
-
-    with B = ``micro_batch`` and c = ``cfg.crop_size``. :func:`furnace.datasets.to_device` turns it
-    into what the methods consume (float32 normalised images, int64 labels, float32 mask).
-    """
+    """Micro-batches (:mod:`furnace.datasets.batch`; unlabeled keys only ``need_unlabeled``) of one process:
+    ``epoch(e, start_iter)`` yields ``(iters_per_epoch - start_iter) * accum`` of them."""
 
     def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, need_unlabeled: bool = True):
-        self.cfg = cfg
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.need_unlabeled = need_unlabeled
-        self.layout = layout_of(cfg)
-        self.global_batch = int(cfg.global_batch)
+        self.cfg, self.need_unlabeled, self.layout = cfg, need_unlabeled, layout_of(cfg)
+        self.rank, self.world_size, self.global_batch = int(rank), int(world_size), int(cfg.global_batch)
         self.micro_batch, self.accum = batch_split(cfg, self.world_size)  # as the config's preparation
         self.specs = batch_specs(self.micro_batch, cfg.crop_size, label_dtype(self.layout.num_classes),
                                  unlabeled=need_unlabeled)
-
         root = dataset_dir(cfg)
         labeled_list, unlabeled_list, _ = require_split_lists(cfg, with_val=False)
         self.labeled = SegDataset(self.layout, root, labeled_list, with_label=True, split="train")
-        if need_unlabeled:
-            self.unlabeled = SegDataset(self.layout, root, unlabeled_list, with_label=False, split="train")
-            n_unlabeled = len(self.unlabeled)
-        else:
-            # The epoch length still follows the unlabeled list, so a supervised baseline runs the
-            # same number of iterations as the semi-supervised recipe it is compared with.
-            self.unlabeled = None
-            n_unlabeled = len(read_list(unlabeled_list, self.layout.list_format))
-        self.n_labeled, self.n_unlabeled = len(self.labeled), n_unlabeled
+        self.unlabeled = (SegDataset(self.layout, root, unlabeled_list, with_label=False, split="train")
+                          if need_unlabeled else None)
+        # the epoch follows the unlabeled list even without it: a supervised baseline runs as many iterations
+        unlabeled = self.unlabeled.entries if need_unlabeled else read_list(unlabeled_list, self.layout.list_format)
+        self.n_labeled, self.n_unlabeled = len(self.labeled), len(unlabeled)
         self.samples_per_epoch = max(self.n_labeled, self.n_unlabeled)
         self.iters_per_epoch = self.samples_per_epoch // self.global_batch
         if self.iters_per_epoch < 1:
-            raise UserError(
-                f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make no full "
-                f"global batch of {self.global_batch}; lower global_batch or use more data"
-            )
+            raise UserError(f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make "
+                            f"no full global batch of {self.global_batch}; lower global_batch or use more data")
 
     def __len__(self) -> int:
         """Micro-batches per full epoch on this process."""
         return self.iters_per_epoch * self.accum
 
     def positions(self, k: int) -> range:
-        """Global sample positions of this process's micro-batch ``k`` (counted from the epoch start):
-        micro-batch ``j`` of iteration ``i`` on rank ``r`` holds
-        ``i*G + r*G/W + j*B .. + B - 1``."""
+        """Global sample positions of micro-batch ``k`` (``j`` of iteration ``i``): ``i*G + r*G/W + j*B`` on."""
         iteration, j = divmod(k, self.accum)
-        start = (
-            iteration * self.global_batch + self.rank * (self.global_batch // self.world_size) + j * self.micro_batch
-        )
+        start = iteration * self.global_batch + self.rank * (self.global_batch // self.world_size)
+        start += j * self.micro_batch
         return range(start, start + self.micro_batch)
 
     def orders(self, epoch: int) -> dict:
-        """``{stream: indices}`` for the epoch: positions ``0 .. iters_per_epoch*G - 1`` index into
-        the labeled set (stream 0) and the unlabeled set (streams 1, 2)."""
+        """``{stream: indices}`` of the epoch's positions into the labeled (0) and unlabeled (1, 2) sets."""
         used = self.iters_per_epoch * self.global_batch
-        seed = self.cfg.seed
-        orders = {
-            STREAM_LABELED: stream_order(self.n_labeled, self.samples_per_epoch, seed, epoch, STREAM_LABELED)[:used]
-        }
+        streams = {STREAM_LABELED: self.n_labeled}
         if self.need_unlabeled:
-            for stream in (STREAM_U0, STREAM_U1):
-                orders[stream] = stream_order(self.n_unlabeled, self.samples_per_epoch, seed, epoch, stream)[:used]
-        return orders
+            streams.update({STREAM_U0: self.n_unlabeled, STREAM_U1: self.n_unlabeled})
+        return {s: stream_order(n, self.samples_per_epoch, self.cfg.seed, epoch, s)[:used] for s, n in streams.items()}
 
     def epoch(self, epoch: int, start_iter: int = 0):
         """Generator of the micro-batches of ``epoch`` from iteration ``start_iter`` on (earlier ones are not read)."""
@@ -188,7 +135,5 @@ class TrainLoader:
 
 
 def build_val_dataset(cfg) -> SegDataset:
-    """The validation :class:`SegDataset` of ``cfg`` with labels (raw images: the evaluator
-    normalises with :func:`furnace.datasets.transforms.normalize`)."""
-    layout = layout_of(cfg)
-    return SegDataset(layout, dataset_dir(cfg), split_paths(cfg)[2], with_label=True, split="val")
+    """The labeled validation :class:`SegDataset` of ``cfg``, raw images (the evaluator normalises)."""
+    return SegDataset(layout_of(cfg), dataset_dir(cfg), split_paths(cfg)[2], with_label=True, split="val")

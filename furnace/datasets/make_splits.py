@@ -1,22 +1,12 @@
-"""Make labeled/unlabeled partition lists from a training list.
+"""Make labeled/unlabeled partition lists from a training list (``--list LIST --out DIR``) or for your own
+``images/``, ``labels/``, ``classes.txt`` (``--folder ROOT``: also ``train.txt`` / ``val.txt`` when absent).
 
-    python -m furnace.datasets.make_splits --list DATA/pascal_voc/train_aug.txt \\
-        --out DATA/pascal_voc/subset_train_aug --seed 0 --ratios 16 8 4 2
+    python -m furnace.datasets.make_splits --list DATA/pascal_voc/train_aug.txt --out DATA/pascal_voc/subset_train_aug
 
-writes ``<prefix>_labeled_1-N.txt`` and ``<prefix>_unlabeled_1-N.txt`` for each N. The 1/N partition
-labels ``ceil(n / N)`` entries — the rule behind the community's standard splits (VOC 10,582 ->
-662 / 1,323 / 2,646 / 5,291; Cityscapes 2,975 -> 186 / 372 / 744 / 1,488 for 1/16, 1/8, 1/4, 1/2).
-The labeled entries are the first ``ceil(n / N)`` of one seeded permutation, so the partitions are
-nested (1/16 ⊂ 1/8 ⊂ 1/4 ⊂ 1/2); the unlabeled list is the rest. Entries keep the training list's
-order and format (bare ids or TAB-separated pairs).
-
-    python -m furnace.datasets.make_splits --folder DATA/custom --seed 0 --ratios 8
-
-does the same for your own dataset (``images/``, ``labels/``, ``classes.txt``): it first writes
-``train.txt`` / ``val.txt`` from the images when they are absent, then ``splits/train_{labeled,unlabeled}_1-N.txt``.
+The 1/N partition labels the first ``ceil(n / N)`` entries of one seeded permutation, the rule behind the standard
+splits (VOC 10,582 -> 662 / 1,323 / 2,646 / 5,291 for 1/16 .. 1/2), so partitions are nested; the rest is
+unlabeled; entries keep the list's order and format.
 """
-
-from __future__ import annotations
 
 import argparse
 import math
@@ -38,11 +28,7 @@ def labeled_count(n: int, ratio: int) -> int:
 
 
 def make_splits(entries: list[str], ratios=DEFAULT_RATIOS, seed: int = 0) -> dict[int, tuple[list[str], list[str]]]:
-    """``{ratio: (labeled, unlabeled)}`` for a list of unique entries.
-
-    Deterministic in (entries, seed); labeled and unlabeled are disjoint, their union is ``entries``,
-    both keep the input order, and labeled sets of larger fractions contain those of smaller ones.
-    """
+    """``{ratio: (labeled, unlabeled)}`` of unique ``entries``, both in input order, labeled sets nested."""
     if len(set(entries)) != len(entries):
         raise UserError("the training list holds duplicate entries; partitions need unique entries")
     rank = np.empty(len(entries), np.int64)
@@ -53,32 +39,26 @@ def make_splits(entries: list[str], ratios=DEFAULT_RATIOS, seed: int = 0) -> dic
             raise UserError(f"ratio {ratio} must be a positive integer (1/N of the list is labeled)")
         cut = labeled_count(len(entries), int(ratio))
         labeled = [e for e, r in zip(entries, rank) if r < cut]
-        unlabeled = [e for e, r in zip(entries, rank) if r >= cut]
-        splits[int(ratio)] = (labeled, unlabeled)
+        splits[int(ratio)] = (labeled, [e for e, r in zip(entries, rank) if r >= cut])
     return splits
 
 
-def write_splits(
-    list_path, out_dir, ratios=DEFAULT_RATIOS, seed: int = 0, prefix: str = "train_aug", list_format: str | None = None
-) -> dict[int, tuple[Path, Path]]:
-    """Read ``list_path`` (format auto-detected unless given) and write the partition lists into
-    ``out_dir``; returns ``{ratio: (labeled_path, unlabeled_path)}``."""
-    list_format = list_format or detect_list_format(list_path)
-    entries = read_list(list_path, list_format)
+def write_splits(list_path, out_dir, ratios=DEFAULT_RATIOS, seed: int = 0, prefix: str = "train_aug",
+                 list_format: str | None = None) -> dict[int, tuple[Path, Path]]:
+    """Write the partition lists of ``list_path`` into ``out_dir``: ``{ratio: (labeled_path, unlabeled_path)}``."""
+    entries = read_list(list_path, list_format or detect_list_format(list_path))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for ratio, (labeled, unlabeled) in make_splits(entries, ratios, seed).items():
-        paths = (out_dir / f"{prefix}_labeled_1-{ratio}.txt", out_dir / f"{prefix}_unlabeled_1-{ratio}.txt")
-        for path, part in zip(paths, (labeled, unlabeled)):
+    for ratio, parts in make_splits(entries, ratios, seed).items():
+        written[ratio] = (out_dir / f"{prefix}_labeled_1-{ratio}.txt", out_dir / f"{prefix}_unlabeled_1-{ratio}.txt")
+        for path, part in zip(written[ratio], parts):
             path.write_text("".join(f"{e}\n" for e in part), encoding="utf-8")
-        written[ratio] = paths
     return written
 
 
 def folder_lists(root, val_fraction: float = 0.1, seed: int = 0) -> tuple[Path, Path]:
-    """``root/train.txt`` and ``root/val.txt`` of a ``folder`` dataset, written from ``images/`` when absent
-    (every image needs ``labels/<stem>.png``; ``val_fraction`` of them, seeded, go to val.txt)."""
+    """``root/train.txt``, ``root/val.txt`` (a seeded ``val_fraction`` of ``images/``), written when absent."""
     root = Path(root)
     train, val = root / "train.txt", root / "val.txt"
     if train.is_file() and val.is_file():
@@ -108,37 +88,22 @@ def folder_lists(root, val_fraction: float = 0.1, seed: int = 0) -> tuple[Path, 
     return train, val
 
 
-_FORMATS = {"voc": "ids", "synthetic": "ids", "city": "pairs", "ids": "ids", "pairs": "pairs"}
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.datasets.make_splits",
-        description="Write labeled/unlabeled partition lists (1/N labeled, N in --ratios) of a training list. "
-        "Labeled count = ceil(n/N); nested across N; deterministic given --seed.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m furnace.datasets.make_splits",
+                                     description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--list", help="training list (VOC ids or Cityscapes TAB pairs)")
-    source.add_argument("--folder", metavar="ROOT", help="your own dataset (images/, labels/, classes.txt): writes "
-                        "ROOT/train.txt and val.txt when absent, and the partitions into ROOT/splits/")
+    source.add_argument("--folder", metavar="ROOT", help="your own dataset: ROOT/train.txt, val.txt, splits/")
     parser.add_argument("--out", help="folder for <prefix>_{labeled,unlabeled}_1-N.txt (with --list)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="--folder without val.txt: the share of images held out for validation (default 0.1)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="--folder: share of images for val.txt")
     parser.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
-    parser.add_argument(
-        "--format",
-        choices=("voc", "city", "synthetic"),
-        default=None,
-        help="list format; default: detected from the first line",
-    )
-    parser.add_argument(
-        "--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS), help="N values (default 16 8 4 2)"
-    )
+    parser.add_argument("--format", choices=("voc", "city", "synthetic"), help="list format (default: detected)")
+    parser.add_argument("--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS), help="N values (16 8 4 2)")
     parser.add_argument("--prefix", default="train_aug", help="file name prefix (default train_aug)")
     args = parser.parse_args(argv)
 
     def body():
-        list_format = _FORMATS[args.format] if args.format else None
+        list_format = ("pairs" if args.format == "city" else "ids") if args.format else None
         list_path, out, prefix = args.list, args.out, args.prefix
         if args.folder:
             list_path, val = folder_lists(args.folder, args.val_fraction, args.seed)

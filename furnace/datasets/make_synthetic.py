@@ -1,26 +1,11 @@
-"""Generate the embedded synthetic dataset: VOC-shaped, small, deterministic, and not trivial.
+"""Generate the embedded synthetic dataset: VOC-shaped, small, deterministic (byte-identical files), not trivial:
+``python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0``.
 
-    python -m furnace.datasets.make_synthetic --root DATA/synthetic --seed 0
-
-Seven classes: background and {striped, dotted, grid} × {dark pattern on a light base, light pattern
-on a dark base} — the class depends on the texture AND on its polarity, both local cues, so a small
-network trained from scratch can learn them within a CPU budget, while 1/8 of the labels is not enough
-to learn them well. Textures (and checkerboard distractors) run horizontally or vertically
-(``TEXTURE_ANGLES``). With any angle, four times the labels did not reliably help a ResNet-18 trained
-from scratch for the demo's 208 iterations (lr 0.03, 1/2 vs 1/8: +5.8 / -5.7 mIoU, seeds 0 / 1); with
-two orientations, +9.2 / +8.2, so the labels, and what a teacher adds to them, decide the result.
-Objects are circles, squares and triangles (the shape carries no class) of random colour, scale and
-rotation, and may overlap (the later one occludes, labels follow). Backgrounds are cluttered: a smooth,
-half-desaturated random colour field, solid distractor shapes, checkerboard distractors (textured, but
-background), strokes, and thin strokes over the objects (labelled background). Blur, noise and JPEG
-compression finish each image. The module constants below are the difficulty knobs.
-
-Layout (as VOC): ``train_aug/{image,label}``, ``val/{image,label}``, ``train_aug.txt``, ``val.txt``
-and ``subset_train_aug/train_aug_{labeled,unlabeled}_1-{16,8,4,2}.txt`` (:mod:`make_splits`, same seed).
-Files are byte-identical for the same arguments.
+Seven classes: background and {striped, dotted, grid} x {dark pattern on light, light on dark}: local cues a small
+network learns from scratch on a CPU, but not well from 1/8 of the labels. Textures run horizontally or vertically
+(``TEXTURE_ANGLES``: with any angle, more labels did not reliably help the demo's student). Objects (the shape
+carries no class) may overlap; cluttered backgrounds, blur, noise and JPEG; the module constants are the knobs.
 """
-
-from __future__ import annotations
 
 import argparse
 import math
@@ -69,18 +54,15 @@ class _Canvas:
 
     def _frame(self, rng) -> tuple[np.ndarray, np.ndarray, float]:
         """Rotated coordinates (u, v) and a period, both random."""
-        if TEXTURE_ANGLES:
-            theta = math.pi * int(rng.integers(TEXTURE_ANGLES)) / TEXTURE_ANGLES
-        else:
-            theta = rng.uniform(0, math.pi)
+        n = TEXTURE_ANGLES
+        theta = math.pi * int(rng.integers(n)) / n if n else rng.uniform(0, math.pi)
         cos, sin = math.cos(theta), math.sin(theta)
         u = self.xx * cos + self.yy * sin + rng.uniform(0, 100)
         v = -self.xx * sin + self.yy * cos + rng.uniform(0, 100)
         return u, v, max(4.0, rng.uniform(*TEXTURE_PERIOD) * self.unit)
 
     def texture(self, rng, kind: int, light: bool) -> np.ndarray:
-        """(h, w, 3) float32: stripes (kind 0), dots (1) or a grid of lines (2), thin pattern in a random
-        hue; ``light``: a light pattern on a dark base, else a dark pattern on a light base."""
+        """(h, w, 3) float32 stripes (kind 0), dots (1) or grid (2) in a random hue, light on dark or dark on light."""
         u, v, period = self._frame(rng)
         width = period * rng.uniform(*LINE_FRACTION)
         du, dv = np.mod(u, period), np.mod(v, period)
@@ -91,8 +73,7 @@ class _Canvas:
             on = du * du + dv * dv < (width / 2 + 0.5) ** 2
         else:
             on = (du < width * 0.7) | (dv < width * 0.7)
-        hue = _color(rng)
-        contrast = rng.uniform(*PATTERN_CONTRAST)
+        hue, contrast = _color(rng), rng.uniform(*PATTERN_CONTRAST)
         if light:
             base = hue * 0.35
             pattern = base + (255.0 - base) * contrast
@@ -193,41 +174,27 @@ def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) % (1 << 64), _SPLIT_TAGS[split], index]))
 
 
-def generate(
-    root,
-    seed: int = 0,
-    num_train: int = DEFAULT_NUM_TRAIN,
-    num_val: int = DEFAULT_NUM_VAL,
-    size=DEFAULT_SIZE,
-    ratios=DEFAULT_RATIOS,
-    progress: bool = False,
-) -> Path:
-    """Write the synthetic dataset under ``root`` (the dataset folder, e.g. ``DATA/synthetic``).
-
-    ``size`` is an int (square) or (height, width). Returns ``root``. Deterministic in all arguments.
-    """
+def generate(root, seed: int = 0, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
+             size=DEFAULT_SIZE, ratios=DEFAULT_RATIOS, progress: bool = False) -> Path:
+    """Write the dataset into ``root`` (e.g. ``DATA/synthetic``) and return it; ``size``: int or (height, width)."""
     root = Path(root)
     h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
     if num_train < 1 or num_val < 1 or min(h, w) < 16:
         raise ValueError("need num_train >= 1, num_val >= 1 and images of at least 16x16")
     layout = LAYOUTS["synthetic"]
+    from tqdm import tqdm
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
-    if progress:
-        from tqdm import tqdm
-
-        jobs = tqdm(jobs, desc="synthetic", unit="img")
     names = {"train": [], "val": []}
-    for split, index in jobs:
+    for split, index in tqdm(jobs, desc="synthetic", unit="img", disable=not progress):
         folder = root / layout.split_dirs[split]
         (folder / "image").mkdir(parents=True, exist_ok=True)
         (folder / "label").mkdir(parents=True, exist_ok=True)
         name = f"{split}_{index:05d}"
         image, label = render_sample(_sample_rng(seed, split, index), (h, w))
-        ok1, jpg = cv2.imencode(
-            ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-        )
-        ok2, png = cv2.imencode(".png", label)
-        assert ok1 and ok2
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        ok_jpg, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok_png, png = cv2.imencode(".png", label)
+        assert ok_jpg and ok_png
         (folder / "image" / f"{name}.jpg").write_bytes(jpg.tobytes())
         (folder / "label" / f"{name}.png").write_bytes(png.tobytes())
         names[split].append(name)
@@ -239,27 +206,14 @@ def generate(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.datasets.make_synthetic",
-        description="Write the synthetic VOC-shaped dataset (7 classes: background + {stripes, dots, grid} x "
-        "{dark, light pattern}) with its lists and 1/16..1/2 partitions. Deterministic given --seed.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m furnace.datasets.make_synthetic",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="dataset folder to write, e.g. DATA/synthetic")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    parser.add_argument(
-        "--num-train", type=int, default=DEFAULT_NUM_TRAIN, help=f"training images (default {DEFAULT_NUM_TRAIN})"
-    )
-    parser.add_argument(
-        "--num-val", type=int, default=DEFAULT_NUM_VAL, help=f"validation images (default {DEFAULT_NUM_VAL})"
-    )
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs="+",
-        default=[DEFAULT_SIZE],
-        metavar="PX",
-        help=f"image size: one value (square) or WIDTH HEIGHT (default {DEFAULT_SIZE})",
-    )
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help=f"default {DEFAULT_NUM_TRAIN}")
+    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help=f"default {DEFAULT_NUM_VAL}")
+    parser.add_argument("--size", type=int, nargs="+", default=[DEFAULT_SIZE], metavar="PX",
+                        help=f"image size: one value (square) or WIDTH HEIGHT (default {DEFAULT_SIZE})")
     parser.add_argument("--ratios", type=int, nargs="+", default=list(DEFAULT_RATIOS), help="partitions 1/N to write")
     args = parser.parse_args(argv)
 

@@ -1,15 +1,10 @@
-"""Convert the official Cityscapes layout into the project's flat layout with trainIds (SPEC §2).
+"""Convert the official Cityscapes layout into the project's flat layout with trainIds (SPEC §2):
+``python -m furnace.datasets.prepare_cityscapes --src CITYSCAPES_ROOT --dst DATA/city``.
 
-    python -m furnace.datasets.prepare_cityscapes --src CITYSCAPES_ROOT --dst DATA/city
-
-Reads ``SRC/leftImg8bit/<split>/<city>/<x>_leftImg8bit.png`` and
-``SRC/gtFine/<split>/<city>/<x>_gtFine_labelIds.png`` and writes ``DST/images/<split>/<x>.png`` (copied,
-or hard-linked with ``--link``), ``DST/segmentation/<split>/<x>_gtFine.png`` holding trainIds (the
-official labelId -> trainId table; every void / unlabeled id -> 255), and
-``DST/config_new/<split>.txt`` with TAB-separated ``/images/...<TAB>/segmentation/...`` lines.
+``leftImg8bit/<split>/<city>/<x>_leftImg8bit.png`` -> ``images/<split>/<x>.png`` (copied or ``--link``ed),
+``gtFine/.../<x>_gtFine_labelIds.png`` -> ``segmentation/<split>/<x>_gtFine.png`` (trainIds, void 255), and
+``config_new/<split>.txt`` with ``/images/...<TAB>/segmentation/...`` lines.
 """
-
-from __future__ import annotations
 
 import argparse
 import os
@@ -21,20 +16,14 @@ import cv2
 import numpy as np
 
 from ..utils import IGNORE_INDEX, UserError, run_cli
-from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
+from ._util import DEFAULT_WORKERS, next_step_hint, progress_map, raise_conversion_problems, write_png
 from .layouts import CITY_LABELID_TO_TRAINID
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
 
-LABELID_TO_TRAINID_LUT = np.full(256, IGNORE_INDEX, np.uint8)
-for _label_id, _train_id in CITY_LABELID_TO_TRAINID.items():
-    LABELID_TO_TRAINID_LUT[_label_id] = _train_id
-
-
-def labelids_to_trainids(label_ids: np.ndarray) -> np.ndarray:
-    """Map official Cityscapes labelIds (H, W) uint8 to trainIds (H, W) uint8 (0..18, void 255)."""
-    return LABELID_TO_TRAINID_LUT[label_ids]
+LABELID_TO_TRAINID_LUT = np.full(256, IGNORE_INDEX, np.uint8)  # official labelId -> trainId (0..18, void 255)
+LABELID_TO_TRAINID_LUT[list(CITY_LABELID_TO_TRAINID)] = list(CITY_LABELID_TO_TRAINID.values())
 
 
 def _convert(job) -> str:
@@ -45,7 +34,7 @@ def _convert(job) -> str:
         label = cv2.imdecode(np.fromfile(label_src, np.uint8), cv2.IMREAD_UNCHANGED)
         if label is None or label.ndim != 2 or label.dtype != np.uint8:
             raise UserError(f"{label_src}: not a single-channel 8-bit labelIds PNG")
-        write_png(label_dst, labelids_to_trainids(label))
+        write_png(label_dst, LABELID_TO_TRAINID_LUT[label])
         Path(image_dst).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(image_dst):
             os.unlink(image_dst)
@@ -61,14 +50,9 @@ def _convert(job) -> str:
     return ""
 
 
-def prepare_cityscapes(
-    src, dst, splits=("train", "val"), link: bool = False, workers: int = 0, progress: bool = True
-) -> dict:
-    """Convert ``splits`` of the official layout at ``src`` into ``dst``; returns {split: n}.
-
-    Raises UserError when a split has no images, or listing the samples that failed (labels
-    missing or unreadable); the others are written and listed.
-    """
+def prepare_cityscapes(src, dst, splits=("train", "val"), link: bool = False, workers: int = 0,
+                       progress: bool = True) -> dict:
+    """Convert ``splits`` of ``src`` into ``dst``: ``{split: n}``, or a UserError listing the failed samples."""
     src, dst = Path(src), Path(dst)
     counts = {}
     for split in splits:
@@ -83,10 +67,8 @@ def prepare_cityscapes(
             rel_image, rel_label = f"images/{split}/{stem}.png", f"segmentation/{split}/{stem}_gtFine.png"
             jobs.append((str(image), str(label), str(dst / rel_image), str(dst / rel_label), link))
             lines.append(f"/{rel_image}\t/{rel_label}\n")
-        problems = [
-            p for p in progress_map(_convert, jobs, workers, desc=f"cityscapes {split}", progress=progress) if p
-        ]
-        raise_conversion_problems(problems, len(jobs), f"{split} samples")
+        results = progress_map(_convert, jobs, workers, desc=f"cityscapes {split}", progress=progress)
+        raise_conversion_problems(results, f"{split} samples")
         (dst / "config_new").mkdir(parents=True, exist_ok=True)
         (dst / "config_new" / f"{split}.txt").write_text("".join(lines))
         counts[split] = len(lines)
@@ -94,23 +76,19 @@ def prepare_cityscapes(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.datasets.prepare_cityscapes",
-        description="Convert Cityscapes (leftImg8bit/, gtFine/*_labelIds.png) into DATA/city: flat images/ and "
-        "segmentation/ folders with trainIds (void -> 255) and config_new/<split>.txt lists.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m furnace.datasets.prepare_cityscapes",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="Cityscapes root holding leftImg8bit/ and gtFine/")
     parser.add_argument("--dst", required=True, help="output folder, e.g. DATA/city")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default train val)")
     parser.add_argument("--link", action="store_true", help="hard-link images instead of copying (same file system)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes (0 = none)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="processes (0 = none)")
     args = parser.parse_args(argv)
 
     def body():
-        counts = prepare_cityscapes(args.src, args.dst, args.splits, args.link, args.workers, progress=True)
-        for split, n in counts.items():
-            print(f"{split}: {n} samples -> {Path(args.dst) / 'config_new' / (split + '.txt')}")
         lists = Path(args.dst) / "config_new"
+        for split, n in prepare_cityscapes(args.src, args.dst, args.splits, args.link, args.workers).items():
+            print(f"{split}: {n} samples -> {lists / (split + '.txt')}")
         print(next_step_hint(lists / "train.txt", lists / "subset_train"))
 
     return run_cli(body)

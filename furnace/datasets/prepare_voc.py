@@ -1,17 +1,10 @@
-"""Convert PASCAL VOC 2012 + SBD into the project's VOC layout (SPEC §2).
+"""Convert PASCAL VOC 2012 + SBD into the project's VOC layout (SPEC §2):
+``python -m furnace.datasets.prepare_voc --voc VOCdevkit/VOC2012 --sbd benchmark_RELEASE --dst DATA/pascal_voc``.
 
-    python -m furnace.datasets.prepare_voc --voc VOCdevkit/VOC2012 --sbd benchmark_RELEASE --dst DATA/pascal_voc
-
-Writes ``DST/{train_aug,val}/{image/<id>.jpg,label/<id>.png}`` with single-channel index labels,
-``DST/train_aug.txt`` = (SBD train ∪ SBD val ∪ VOC train) − VOC val (10,582 ids) and ``DST/val.txt`` =
-VOC val (1,449 ids). A label comes from VOC's ``SegmentationClass`` (palette PNG: its palette indices
-are read, not its colours) when VOC has one, otherwise from SBD's ``cls/<id>.mat``
-(``GTcls.Segmentation``; reading it needs scipy). Value 255 (VOC object boundaries) stays ignore.
-Images are copied byte for byte. The partition lists are not made here: use the standard ones
-(``subset_train_aug/``) or ``python -m furnace.datasets.make_splits``.
+Writes ``DST/{train_aug,val}/{image,label}/`` (images copied, index-PNG labels from VOC's palette
+``SegmentationClass`` or else SBD's ``cls/<id>.mat``; 255 stays ignore), ``train_aug.txt`` = (SBD train ∪ SBD val ∪
+VOC train) − VOC val (10,582 ids) and ``val.txt`` = VOC val (1,449). Partitions: the standard lists or make_splits.
 """
-
-from __future__ import annotations
 
 import argparse
 import shutil
@@ -21,18 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import UserError, run_cli
-from ._util import default_workers, next_step_hint, progress_map, raise_conversion_problems, write_png
+from ._util import DEFAULT_WORKERS, next_step_hint, progress_map, raise_conversion_problems, write_png
 from .layouts import LAYOUTS, voc_colormap
 
 NUM_CLASSES = 21
 
 
 def read_palette_label(path) -> np.ndarray:
-    """Class indices (H, W) uint8 of a VOC ``SegmentationClass`` PNG.
-
-    A palette ('P') PNG gives its indices directly; a grayscale PNG is taken as already indexed; an
-    RGB PNG is mapped back through the VOC colormap (UserError naming the file for unknown colours).
-    """
+    """(H, W) uint8 class indices of a palette, grayscale or VOC-coloured RGB ``SegmentationClass`` PNG."""
     from PIL import Image
 
     try:
@@ -48,16 +37,14 @@ def read_palette_label(path) -> np.ndarray:
         return array.astype(np.uint8)
     if mode in ("RGB", "RGBA"):
         cmap = voc_colormap(256).astype(np.int64)
-        keys = (cmap[:, 0] << 16) | (cmap[:, 1] << 8) | cmap[:, 2]
-        lookup = dict(zip(keys.tolist(), range(256)))
+        lookup = dict(zip(((cmap[:, 0] << 16) | (cmap[:, 1] << 8) | cmap[:, 2]).tolist(), range(256)))
         rgb = array[..., :3].astype(np.int64)
-        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        values, inverse = np.unique(packed, return_inverse=True)
+        values, inverse = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_inverse=True)
         unknown = [v for v in values.tolist() if v not in lookup]
         if unknown:
             v = unknown[0]
             raise UserError(f"{path}: colour {(v >> 16, (v >> 8) & 255, v & 255)} is not in the VOC colormap")
-        return np.array([lookup[v] for v in values.tolist()], np.uint8)[inverse].reshape(packed.shape)
+        return np.array([lookup[v] for v in values.tolist()], np.uint8)[inverse].reshape(rgb.shape[:2])
     raise UserError(f"{path}: unexpected PNG mode {mode!r} for a VOC label")
 
 
@@ -65,10 +52,8 @@ def _require_scipy():
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise UserError(
-            "reading SBD .mat files needs scipy, which is not installed: `pip install scipy` "
-            "(an optional dependency used only by prepare_voc)"
-        ) from None
+        raise UserError("reading SBD .mat files needs scipy, which is not installed: `pip install scipy` "
+                        "(an optional dependency used only by prepare_voc)") from None
     return loadmat
 
 
@@ -117,15 +102,11 @@ def _convert(job) -> str:
 
 
 def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
-    """Convert VOC (+ SBD when ``sbd`` is given) into ``dst``; returns {"train_aug": n, "val": n}.
-
-    Raises UserError listing the files that could not be converted (the others are written).
-    """
+    """Convert VOC (+ SBD when given) into ``dst``: ``{"train_aug": n, "val": n}``, or a UserError on failures."""
     voc, dst = Path(voc), Path(dst)
     layout = LAYOUTS["voc"]
     seg_sets = voc / "ImageSets" / "Segmentation"
-    voc_train, voc_val = _read_ids(seg_sets / "train.txt"), _read_ids(seg_sets / "val.txt")
-    train_ids = set(voc_train)
+    train_ids, voc_val = set(_read_ids(seg_sets / "train.txt")), _read_ids(seg_sets / "val.txt")
     sbd_dir = None
     if sbd:
         sbd_dir = _sbd_dir(Path(sbd))
@@ -145,26 +126,21 @@ def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
         return str(image), str(label), str(out / "image" / f"{image_id}.jpg"), str(out / "label" / f"{image_id}.png")
 
     jobs = [job(i, "train") for i in train_aug] + [job(i, "val") for i in voc_val]
-    problems = [p for p in progress_map(_convert, jobs, workers, desc="prepare_voc", progress=progress) if p]
+    results = progress_map(_convert, jobs, workers, desc="prepare_voc", progress=progress)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / layout.train_list).write_text("".join(f"{i}\n" for i in train_aug))
     (dst / layout.val_list).write_text("".join(f"{i}\n" for i in voc_val))
-    raise_conversion_problems(problems, len(jobs))
+    raise_conversion_problems(results)
     return {"train_aug": len(train_aug), "val": len(voc_val)}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.datasets.prepare_voc",
-        description="Convert VOC 2012 (+ SBD) into DATA/pascal_voc: train_aug/ and val/ with index-PNG labels, "
-        "train_aug.txt and val.txt. Reading SBD .mat files needs scipy.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m furnace.datasets.prepare_voc",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--voc", required=True, help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ImageSets)")
-    parser.add_argument(
-        "--sbd", default="", help="SBD root (benchmark_RELEASE or its dataset/ folder); omit for VOC only"
-    )
+    parser.add_argument("--sbd", default="", help="SBD root (benchmark_RELEASE or its dataset/); omit for VOC only")
     parser.add_argument("--dst", required=True, help="output folder, e.g. DATA/pascal_voc")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes (0 = none)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="processes (0 = none)")
     args = parser.parse_args(argv)
 
     def body():

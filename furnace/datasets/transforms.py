@@ -1,17 +1,8 @@
-"""Training augmentation of SPEC §3 as plain functions on numpy arrays (cv2), randomness from a Generator.
-
-Order: horizontal flip (p = 0.5) → random scale (image bilinear, label nearest) → ImageNet
-normalisation (RGB) → random crop with offsets in [0, side − crop], centred padding where the image is
-smaller (image 0 after normalisation, label 255). Normalisation is per pixel, so it can be applied
-after the crop: the result is identical and far cheaper at large scales.
-
-The training loader stops at :func:`augment` (uint8 crop + the box of real pixels) and normalises on
-the training device (:func:`furnace.datasets.device.to_device`) with the same 256-entry table as
-:func:`normalize`, so both give bit-identical values; :func:`train_transform` is the all-CPU
-composition of the two.
+"""Training augmentation of SPEC §3 as plain functions on numpy arrays (cv2), randomness from a Generator: flip
+(p = 0.5), random scale, random crop with centred padding, then ImageNet normalisation (per pixel, so after the crop:
+identical, far cheaper). The loader stops at uint8 :func:`augment` and normalises on the device with the same
+table, bit-identical to :func:`train_transform`, the all-CPU composition.
 """
-
-from __future__ import annotations
 
 import cv2
 import numpy as np
@@ -20,13 +11,10 @@ from ..utils import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# (1, 256, 3) float32: entry [0, v, c] is (v / 255 - mean[c]) / std[c], computed in float64 and rounded
-# once; every normalisation (cv2.LUT here, the device-side table of datasets/device.py) uses it.
-NORMALIZE_LUT = (
-    ((np.arange(256, dtype=np.float64)[:, None] / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD))
-    .astype(np.float32)
-    .reshape(1, 256, 3)
-)
+# (1, 256, 3) float32: [0, v, c] = (v / 255 - mean[c]) / std[c], rounded once from float64; every normalisation
+# (cv2.LUT here, the device table of device.py) uses it.
+NORMALIZE_LUT = (((np.arange(256, dtype=np.float64)[:, None] / 255.0 - np.array(IMAGENET_MEAN))
+                  / np.array(IMAGENET_STD)).astype(np.float32).reshape(1, 256, 3))
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -45,11 +33,7 @@ def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
 
 
 def random_scale(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, scales):
-    """Resize by a factor drawn uniformly from ``scales``: image bilinear, label nearest.
-
-    The new size is ``int(side * s)`` per axis (truncated, as the original; at least 1).
-    Returns ``(image, label, s)``.
-    """
+    """``(image, label, s)`` resized by s from ``scales`` to ``max(1, int(side * s))``: bilinear, label nearest."""
     s = float(scales[rng.integers(len(scales))])
     if s == 1.0:
         return image, label, s
@@ -62,8 +46,7 @@ def random_scale(image: np.ndarray, label: np.ndarray | None, rng: np.random.Gen
 
 
 def _axis_window(side: int, crop: int, rng: np.random.Generator) -> tuple[slice, slice]:
-    """(source slice, destination slice) along one axis: a random crop when the image is at least
-    ``crop`` long (offset in [0, side - crop]), otherwise the whole side centred in the output."""
+    """(source, destination) slices along one axis: a random crop, or the whole side centred when shorter."""
     offset = int(rng.integers(0, max(side - crop, 0) + 1))
     if side >= crop:
         return slice(offset, offset + crop), slice(0, crop)
@@ -71,15 +54,10 @@ def _axis_window(side: int, crop: int, rng: np.random.Generator) -> tuple[slice,
     return slice(0, side), slice(before, before + side)
 
 
-def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator, ignore_index: int = 255,
-             *, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
-    """Random-crop / centre-pad to ``crop`` (int or (h, w)) without normalising.
-
-    Returns image (ch, cw, 3) uint8 (padding 0), label (ch, cw) uint8 (padding ``ignore_index``) or
-    None, and ``valid = (y0, x0, y1, x1)``: the box holding real pixels (outside it the normalised
-    image must be 0). ``out`` / ``out_label``, when given, are filled and returned instead of new
-    arrays (the loader writes straight into its batch buffers: one copy per pixel).
-    """
+def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator,
+             ignore_index: int = IGNORE_INDEX, *, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
+    """Random-crop / centre-pad to ``crop`` (int or (h, w)): image, label (padding 0 / ``ignore_index``) and the box
+    ``(y0, x0, y1, x1)`` of real pixels, written into ``out`` / ``out_label`` when given (one copy per pixel)."""
     ch, cw = (crop, crop) if np.isscalar(crop) else crop
     h, w = image.shape[:2]
     src_y, dst_y = _axis_window(h, ch, rng)
@@ -98,45 +76,26 @@ def crop_pad(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.G
     return out, (None if label is None else out_label), valid
 
 
-def crop_normalize(
-    image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator, ignore_index: int = IGNORE_INDEX
-):
-    """Normalise and random-crop / centre-pad to ``crop`` (int or (h, w)).
-
-    Returns image (ch, cw, 3) float32 (padding 0 = the mean colour) and label (ch, cw) uint8
-    (padding ``ignore_index``) or None.
-    """
+def crop_normalize(image: np.ndarray, label: np.ndarray | None, crop, rng: np.random.Generator,
+                   ignore_index: int = IGNORE_INDEX):
+    """:func:`crop_pad`, then ``(image, label)`` with the image float32, normalised in the box and 0 outside."""
     image, out_label, (y0, x0, y1, x1) = crop_pad(image, label, crop, rng, ignore_index)
     out = np.zeros(image.shape, np.float32)
     out[y0:y1, x0:x1] = normalize(image[y0:y1, x0:x1])
     return out, out_label
 
 
-def augment(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales, ignore_index: int = 255,
-    out: np.ndarray | None = None, out_label: np.ndarray | None = None,
-):
-    """Flip, scale and crop of one sample on uint8 (what the loader's workers do).
-
-    Returns ``(image (crop, crop, 3) uint8, label (crop, crop) uint8 or None, valid box (y0, x0, y1,
-    x1))``, written into ``out`` / ``out_label`` when given. Draws from ``rng`` in a fixed order:
-    flip, scale, crop offsets.
-    """
+def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales,
+            ignore_index: int = IGNORE_INDEX, out: np.ndarray | None = None, out_label: np.ndarray | None = None):
+    """Flip, scale, then :func:`crop_pad` on uint8 (the loader workers' part): ``(image, label, valid)``."""
     image, label = hflip(image, label, rng)
     image, label, _ = random_scale(image, label, rng, scales)
     return crop_pad(image, label, crop_size, rng, ignore_index, out=out, out_label=out_label)
 
 
-def train_transform(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales, ignore_index: int = IGNORE_INDEX
-):
-    """The full SPEC §3 training augmentation of one sample.
-
-    image (H, W, 3) uint8 RGB, label (H, W) uint8 or None -> image (crop, crop, 3) float32 normalised,
-    label (crop, crop) uint8 or None: :func:`augment` then :func:`normalize` inside the valid box.
-    """
-    image, label, (y0, x0, y1, x1) = augment(image, label, rng, crop_size=crop_size, scales=scales,
-                                             ignore_index=ignore_index)
-    out = np.zeros(image.shape, np.float32)
-    out[y0:y1, x0:x1] = normalize(image[y0:y1, x0:x1])
-    return out, label
+def train_transform(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, *, crop_size, scales,
+                    ignore_index: int = IGNORE_INDEX):
+    """SPEC §3 augmentation: (H, W, 3) uint8, (H, W) or None -> normalised float32 crop, label crop or None."""
+    image, label = hflip(image, label, rng)
+    image, label, _ = random_scale(image, label, rng, scales)
+    return crop_normalize(image, label, crop_size, rng, ignore_index)
