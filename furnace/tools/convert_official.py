@@ -6,14 +6,11 @@
 The original files store ``{'model': state_dict}`` with keys ``branch<k>.{backbone,head,classifier}.*``.
 CPS teacher files: branch1 and branch2 are two networks of one architecture (branch1 is the teacher).
 MGD student files: branch1 = student, branch2 = wide teacher (wrn50_2), branch3 = deep teacher (resnet101).
-The converted file gives exactly the original network's outputs and loads with
-``furnace.models.load_segmentor`` (and as a teacher_deep / teacher_wide file of a student config).
+The converted file gives exactly the original network's outputs and loads with ``load_segmentor`` and as a
+teacher file. Every tensor of the branch must map onto the network (same name and shape) or be one the original
+never used (mobilenetv2 backbone.classifier.1.*, wrn50_2 backbone.fc.*); else nothing is written and the
+offending tensors are listed. Example, the deep teacher of an MGD student release:
 
-Every tensor of the chosen branch must map onto the network (same name and shape) or be one of
-the tensors the original never used (mobilenetv2 backbone.classifier.1.*, wrn50_2 backbone.fc.*);
-otherwise nothing is written and the offending tensors are listed.
-
-example (the deep teacher of an MGD student release):
   python -m furnace.tools.convert_official voc8_mgd_r18.pth \\
       DATA/model-weight/teachers/voc_1-8_resnet101.pth --arch resnet101 --branch branch3
 """

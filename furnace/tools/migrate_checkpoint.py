@@ -2,10 +2,10 @@
 
     python -m furnace.tools.migrate_checkpoint OLD.pth NEW.pth
 
-Version-1 files (segmentor files ``epoch-<e>.pth`` / exported teachers, and ``latest.pth``) were written while
-the decoder concatenated ``[reduce(low), ASPP]``; it now concatenates ``[ASPP, reduce(low)]`` as the original
-project does. Permuting the input channels of every ``head.last_conv.0.weight`` (and, in ``latest.pth``, their
-SGD momentum buffers) makes the network compute exactly what it did, so a migrated run resumes where it stopped.
+Version-1 files (segmentor files, exported teachers, ``latest.pth``) were written while the decoder concatenated
+``[reduce(low), ASPP]``, not ``[ASPP, reduce(low)]`` as now and in the original. Permuting the input channels of
+every ``head.last_conv.0.weight`` (and their SGD momentum in ``latest.pth``) keeps the network's outputs exactly,
+so a migrated run resumes where it stopped.
 """
 from __future__ import annotations
 
