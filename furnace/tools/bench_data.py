@@ -2,10 +2,9 @@
 
     python -m furnace.tools.bench_data [--workers 1 2] [--crop 512] [--images 64] [--repeats 5]
 
-Runs :class:`furnace.datasets.TrainLoader` on generated 500x375 VOC-layout JPEGs and prints JSON, for
-semi-supervised samples (a labeled crop and label, two unlabeled crops, a CutMix mask: what CPS and MGD
-consume) and labeled-only ones (the supervised baseline). The decode floor is the same files read and
-decoded with cv2 alone in this process; ``ratio_to_decode_floor`` = loader per worker / floor.
+Prints JSON for :class:`furnace.datasets.TrainLoader` on generated 500x375 VOC-layout JPEGs, semi-supervised
+samples (what CPS and MGD consume) and labeled-only ones; ``ratio_to_decode_floor`` is the loader's rate per
+worker over that of decoding the same files with cv2 alone.
 """
 from __future__ import annotations
 
@@ -25,12 +24,11 @@ import torch
 
 @contextmanager
 def voc_loader_configs(workers, *, crop: int, micro_batch: int, images: int):
-    """Prepared VOC configs, one per ``workers`` value, over ``images`` generated 500x375 training images
-    (all labeled, all unlabeled) in a temporary folder that lasts while the context is open."""
+    """Prepared VOC configs, one per ``workers`` value, over ``images`` generated 500x375 training images (all
+    labeled and unlabeled) in a temporary folder."""
     import furnace.methods  # noqa: F401 (registers the methods a config may name)
     from furnace.config import prepare, voc_config
     from furnace.datasets.make_synthetic import generate
-
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         generate(os.path.join(tmp, "pascal_voc"), seed=0, num_train=images, num_val=1, size=(375, 500), ratios=())
         configs = []
@@ -43,13 +41,10 @@ def voc_loader_configs(workers, *, crop: int, micro_batch: int, images: int):
 
 
 def measure_loader(cfg, *, num_batches: int = 12, warmup: int = 2, need_unlabeled: bool = True) -> dict:
-    """Time ``num_batches`` micro-batches of epoch 0 of ``TrainLoader(cfg)`` (a resolved config) after ``warmup``.
-
-    Returns ``{"samples_per_s", "samples_per_s_per_worker", "num_workers", "micro_batch", "crop_size",
-    "need_unlabeled", "batches", "seconds"}``; per worker divides by max(1, num_workers).
-    """
+    """Time ``num_batches`` micro-batches of epoch 0 of ``TrainLoader(cfg)`` (a resolved config) after ``warmup``:
+    ``{"samples_per_s", "samples_per_s_per_worker" (over max(1, num_workers)), "num_workers", "micro_batch",
+    "crop_size", "need_unlabeled", "batches", "seconds"}``."""
     from furnace.datasets import TrainLoader
-
     loader = TrainLoader(cfg, need_unlabeled=need_unlabeled)
     if len(loader) < warmup + num_batches:
         # within one epoch only: a new epoch starts new worker processes, which is not throughput
@@ -75,7 +70,6 @@ def measure_decode_floor(cfg, *, num_samples: int, need_unlabeled: bool = True) 
     sample positions of epoch 0: the floor a loader worker cannot beat."""
     from furnace.datasets import TrainLoader
     from furnace.datasets.loader import STREAM_LABELED, STREAM_U0, STREAM_U1
-
     loader = TrainLoader(cfg, need_unlabeled=need_unlabeled)
     orders = loader.orders(0)
     files = []
@@ -92,6 +86,10 @@ def measure_decode_floor(cfg, *, num_samples: int, need_unlabeled: bool = True) 
     return {"samples_per_s": round(num_samples / seconds, 2), "samples": num_samples, "seconds": round(seconds, 3)}
 
 
+def _median(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 2)
+
+
 def measure_with_floor(cfg, *, num_batches: int, repeats: int, need_unlabeled: bool) -> dict:
     """:func:`measure_loader` and :func:`measure_decode_floor` ``repeats`` times each, interleaved (so both
     see the same machine load): the last loader result with medians and the loader-per-worker / floor ratio."""
@@ -100,12 +98,8 @@ def measure_with_floor(cfg, *, num_batches: int, repeats: int, need_unlabeled: b
         loader_runs.append(measure_loader(cfg, num_batches=num_batches, need_unlabeled=need_unlabeled))
         floor_runs.append(measure_decode_floor(cfg, num_samples=num_batches * int(cfg.micro_batch),
                                                need_unlabeled=need_unlabeled))
-
-    def median(runs, key):
-        return round(statistics.median(r[key] for r in runs), 2)
-
-    per_worker, floor = median(loader_runs, "samples_per_s_per_worker"), median(floor_runs, "samples_per_s")
-    return {**loader_runs[-1], "samples_per_s": median(loader_runs, "samples_per_s"),
+    per_worker, floor = _median(loader_runs, "samples_per_s_per_worker"), _median(floor_runs, "samples_per_s")
+    return {**loader_runs[-1], "samples_per_s": _median(loader_runs, "samples_per_s"),
             "samples_per_s_per_worker": per_worker, "decode_floor_samples_per_s": floor,
             "ratio_to_decode_floor": round(per_worker / floor, 3), "repeats": repeats,
             "runs_samples_per_s_per_worker": [r["samples_per_s_per_worker"] for r in loader_runs],
@@ -124,7 +118,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="measurements per setting; medians are reported (default 1)")
     args = parser.parse_args(argv)
-
     torch.set_num_threads(1)
     with voc_loader_configs(args.workers, crop=args.crop, micro_batch=args.micro_batch, images=args.images) as configs:
         results = [measure_with_floor(cfg, num_batches=args.batches, repeats=max(1, args.repeats), need_unlabeled=u)

@@ -22,13 +22,10 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     """One MGD step (forward, backward, SGD update) at ``batch`` x ``crop`` two ways, steps alternating: the
     *reference* path (each teacher called on x_l, u0, u1 and x_m; fp32, NCHW) and the *optimized* one
     (teacher_impl="batched": one inference-mode pass of BN-folded channels_last teachers; on CUDA bf16 autocast).
-
-    Random teachers (resnet101, wrn50_2) and student at ``width_mult`` / ``head_channels`` (1.0 / 256: the real
-    networks), the teachers loaded from files as training does. ``student_channels_last`` None: on CUDA only.
-    ``compile_mode``: "off", "teachers" (as ``compile_teachers=true``) or "student". Returns median ms per path,
-    ``speedup``, images/s, TFLOP/s and ``max_loss_rel_diff`` of the first step's losses (``_fp32``: both in true
-    fp32, with autocast); on a CPU also CPU-time figures, on CUDA peak memory.
-    """
+    Random networks at ``width_mult`` / ``head_channels`` (1.0 / 256: the real ones), the teachers loaded from
+    files as training does. ``student_channels_last`` None: on CUDA only. ``compile_mode``: "off", "teachers" (as
+    ``compile_teachers=true``) or "student". Returns median ms per path, ``speedup``, images/s, TFLOP/s and
+    ``max_loss_rel_diff`` of the first step's losses (``_fp32``: both in true fp32); CPU time or peak memory."""
     if student_channels_last is None:  # on a CPU oneDNN's channels_last backward is slower for the student
         student_channels_last = device.type == "cuda"
     amp = amp_dtype("auto", device)
@@ -67,8 +64,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
 
 def _two_paths(device, tmp: Path, data: dict, arch: str, num_classes: int, opts: dict, student_channels_last: bool,
                amp) -> tuple[TrainStep, TrainStep]:
-    """The reference path (fp32, NCHW) and the optimized one (batched teachers, ``amp``, the student
-    channels_last when asked), with the same teachers and student initialisation."""
+    """The two paths with the same teachers (written as files) and student initialisation."""
     from ..models import build_model, save_segmentor
     torch.manual_seed(1)
     for name, t_arch in TEACHER_ARCHS:
@@ -97,8 +93,7 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
 
 
 def _method(device: torch.device, seed: int, **overrides):
-    """A method of the VOC config with ``overrides`` and no pretrained weights, initialised after
-    ``torch.manual_seed(seed)``, in train mode on ``device``."""
+    """A method of the VOC config with ``overrides``, random weights after ``torch.manual_seed(seed)``."""
     from ..config import prepare, voc_config
     from ..methods import build_method
     C = voc_config()
@@ -122,15 +117,16 @@ def _compile(path: TrainStep, mode: str) -> float:
     return time.perf_counter() - t0
 
 
-def _rel_diff(ref: dict, other: dict) -> float:
+def _rel_diff(losses: dict) -> float:
+    """The largest relative difference of the optimized path's losses from the reference's."""
+    ref, other = losses["reference"], losses["optimized"]
     return float(f"{max(abs(other[k] - v) / max(abs(v), 1e-12) for k, v in ref.items()):.3g}")
 
 
 def _report(ref: TrainStep, fast: TrainStep, first: dict, check: dict, flops: dict, batch: int) -> dict:
-    """Median step times, speed-ups, loss differences, images/s and TFLOP/s of the two paths."""
     ref_ms, fast_ms = statistics.median(ref.times), statistics.median(fast.times)
     out = {"reference_ms": round(ref_ms, 2), "optimized_ms": round(fast_ms, 2), "speedup": round(ref_ms / fast_ms, 3),
-           "max_loss_rel_diff": _rel_diff(first["reference"], first["optimized"])}
+           "max_loss_rel_diff": _rel_diff(first)}
     if ref.device.type == "cpu":
         # the process CPU time swings much less than the wall time with the load of programs sharing the cores
         ref_cpu, fast_cpu = statistics.median(ref.cpu_times), statistics.median(fast.cpu_times)
@@ -138,7 +134,7 @@ def _report(ref: TrainStep, fast: TrainStep, first: dict, check: dict, flops: di
                    speedup_cpu_time=round(ref_cpu / fast_cpu, 3),
                    speedup_best_wall=round(min(ref.times) / min(fast.times), 3))
     if check:
-        out["max_loss_rel_diff_fp32"] = _rel_diff(check["reference"], check["optimized"])
+        out["max_loss_rel_diff_fp32"] = _rel_diff(check)
     # both paths do the same multiply-adds: only the speed differs
     return {**out, "images_per_s": round(batch * 1000 / fast_ms, 3),
             "reference_images_per_s": round(batch * 1000 / ref_ms, 3),

@@ -30,16 +30,11 @@ STUDENTS = ("resnet18", "mobilenetv2")
 TEACHERS = ("resnet101", "wrn50_2")
 # The paper's claim (abstract): the students' backbone FLOPs are this many times below the teachers'.
 PAPER_BACKBONE_RATIOS = {"resnet18": (3.4, 5.3), "mobilenetv2": (38.7, 59.6)}
-# Dense bf16 tensor-core peaks (TFLOP/s, vendors' data sheets): (substring of the device name, peak, label);
-# the first match wins.
+# Dense bf16 peaks in TFLOP/s (data sheets): (substring of the device name, peak, label); the first match wins.
 GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0, "H100 PCIe"), ("H100", 989.0, "H100 SXM"), ("H200", 989.0, "H200 SXM"),
                    ("A100", 312.0, "A100"), ("L40S", 362.0, "L40S"), ("L40", 181.0, "L40"), ("L4", 121.0, "L4"))
 # Training-set sizes at 1/8 labeled (SPEC): (all training images, labeled); the rest is unlabeled.
 RECIPE_DATA = {"voc": (10582, 1323), "city": (2975, 372)}
-# The 1/8 experiment folders whose config.py give crop, global batch and epochs of each recipe.
-RECIPES = {f"{d}_1_8": {"student": f"exp.{d}/{d}8.resnet18_deeplabv3plus",
-                        **{f"teacher_{t}": f"exp.{d}/{d}8.{t}_deeplabv3plus" for t in TEACHERS}}
-           for d in ("voc", "city")}
 # VOC 1/8 with the recipe's global batch 8: (10,582 - 1,323) // 8 iterations per epoch x 34 epochs.
 VOC_1_8_ITERS = (10582 - 1323) // 8 * 34
 EVAL_SIZES = {"512x512": (512, 512, 512, "voc"), "1024x2048": (1024, 2048, 800, "city")}
@@ -48,15 +43,10 @@ TINY_EVAL_SIZES = {"64x128": (64, 128, 64, "voc")}  # --tiny
 
 def network_stats(device: torch.device, *, eval_sizes=tuple(EVAL_SIZES), eval_iters: int = 2,
                   num_classes: int = 21) -> dict:
-    """Parameters and FLOPs (512x512) of every architecture; eval images/s of the students.
-
-    Returns ``{arch: {"params_m": {backbone, head, classifier}, "gflops_512": {backbone, total},
-    "eval_images_per_s": {size: value}}}`` plus, for the students, ``backbone_flops_below_teachers``
-    (teacher / student backbone FLOPs) next to the paper's figures. ``eval_sizes``: keys of EVAL_SIZES
-    (empty: no timing).
-    """
+    """``{arch: {"params_m": {backbone, head, classifier}, "gflops_512": {backbone, total}}}``, for the students
+    also ``eval_images_per_s`` at each of ``eval_sizes`` (keys of EVAL_SIZES; empty: no timing) and
+    ``backbone_flops_below_teachers`` (teacher / student backbone FLOPs) beside the paper's figures."""
     from ..models import build_model, count_parameters
-
     out = {}
     x = torch.empty(1, 3, 512, 512, device="meta")
     for arch in ARCHS:
@@ -85,7 +75,6 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
     from ..config import city_config, voc_config
     from ..engine.evaluator import Evaluator, sliding_windows, window_stride
     from ..models import build_model
-
     h, w, crop, dataset = {**EVAL_SIZES, **TINY_EVAL_SIZES}[size]
     cfg = voc_config() if dataset == "voc" else city_config()
     cfg.update(eval_crop=crop, eval_scales=[1.0], eval_flip=False, amp="auto",
@@ -105,26 +94,23 @@ def eval_speed(arch: str, device: torch.device, size: str, *, iters: int = 2) ->
 
 
 def recipe_projections(ms_per_image_512: dict) -> dict:
-    """Projected wall time on this device of the 1/8 recipes from milliseconds per image at crop 512
-    (``{"student", "teacher_resnet101", "teacher_wrn50_2"}``); recipes whose config.py is not in this
-    checkout are left out.
-
-    Iterations = (larger of labeled / unlabeled set) // global_batch x epochs, as the loader counts them; a
-    step at another crop is scaled by its pixel count (Cityscapes' 800: x 2.44), not measured."""
+    """Projected wall time on this device of the 1/8 recipes (those whose config.py this checkout holds) from
+    ms per image at crop 512 (``{"student", "teacher_resnet101", "teacher_wrn50_2"}``). Iterations are counted
+    as the loader does; another crop is scaled by its pixel count (Cityscapes' 800: x 2.44), not measured."""
     out = {}
-    for recipe, roles in RECIPES.items():
-        total, labeled = RECIPE_DATA[recipe.split("_")[0]]
-        for role, folder in roles.items():
-            path = Path(__file__).resolve().parents[2] / folder / "config.py"
+    for dataset, (total, labeled) in RECIPE_DATA.items():
+        for role, arch in (("student", "resnet18"), ("teacher_resnet101", "resnet101"), ("teacher_wrn50_2", "wrn50_2")):
+            # the 1/8 experiment folder's config.py gives the recipe's crop, global batch and epochs
+            path = Path(__file__).resolve().parents[2] / f"exp.{dataset}/{dataset}8.{arch}_deeplabv3plus/config.py"
             if not path.is_file() or role not in ms_per_image_512:
                 continue
             C = runpy.run_path(str(path))["C"]
             batch, crop, epochs = int(C.global_batch), int(C.crop_size), int(C.epochs_per_ratio["8"])
             iters = max(labeled, total - labeled) // batch * epochs
             ms_image = ms_per_image_512[role] * (crop / 512) ** 2
-            out[f"{recipe}_{role}"] = {"iterations": iters, "global_batch": batch, "crop": crop, "epochs": epochs,
-                                       "hours": round(ms_image * batch * iters / 3.6e6, 2),
-                                       "scaled_from_crop_512": crop != 512}
+            out[f"{dataset}_1_8_{role}"] = {
+                "iterations": iters, "global_batch": batch, "crop": crop, "epochs": epochs,
+                "hours": round(ms_image * batch * iters / 3.6e6, 2), "scaled_from_crop_512": crop != 512}
     return out
 
 
@@ -170,7 +156,6 @@ def main(argv=None) -> dict:
     g.add_argument("--width-mult", type=float, default=1.0, help="shrink every network (tests; 1.0 = the real ones)")
     g.add_argument("--head-channels", type=int, default=256, help="decoder width of every network (tests)")
     args = p.parse_args(argv)
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
@@ -252,7 +237,7 @@ def format_report(r: dict) -> str:
         for arch, s in r["networks"].items():
             ev, below = s.get("eval_images_per_s", {}), s.get("backbone_flops_below_teachers")
             paper = s.get("paper_backbone_flops_below_teachers")
-            note = (f"{below['resnet101']:.2f}x / {below['wrn50_2']:.2f}x ({paper[0]}x / {paper[1]}x)" if below else "")
+            note = f"{below['resnet101']:.2f}x / {below['wrn50_2']:.2f}x ({paper[0]}x / {paper[1]}x)" if below else ""
             lines.append(f"{arch:<12} {s['params_m']['backbone']:>11.2f} {s['params_m']['head']:>6.2f} "
                          f"{s['gflops_512']['backbone']:>14.1f} {s['gflops_512']['total']:>7.1f} "
                          f"{ev.get('512x512', nan):>19.3g} {ev.get('1024x2048', nan):>10.3g}  {note}")
@@ -269,15 +254,13 @@ def format_report(r: dict) -> str:
         if m.get("gpu_peak_tflops_bf16"):
             lines.append(f"share of the {m['gpu_peak_label']} dense bf16 peak ({m['gpu_peak_tflops_bf16']:.0f} "
                          f"TFLOP/s): {100 * m['utilisation']:.1f} %")
-    for arch, t in r.get("teachers", {}).items():
-        lines.append(f"CPS teacher step ({arch}, batch {t['batch']}, crop {t['crop']}): {t['step_ms']:.0f} ms, "
-                     f"{t['images_per_s']:.3g} img/s")
+    lines += [f"CPS teacher step ({arch}, batch {t['batch']}, crop {t['crop']}): {t['step_ms']:.0f} ms, "
+              f"{t['images_per_s']:.3g} img/s" for arch, t in r.get("teachers", {}).items()]
     if r.get("projections"):
         lines.append(f"projected wall time on this device ({r.get('projections_note', '')}):")
-        for key, p in r["projections"].items():
-            scaled = " (scaled by pixels from crop 512)" if p["scaled_from_crop_512"] else ""
-            lines.append(f"  {key:<28} {p['iterations']:>7} iters x batch {p['global_batch']:>2} crop {p['crop']}: "
-                         f"{p['hours']:.1f} h{scaled}")
+        lines += [f"  {key:<28} {p['iterations']:>7} iters x batch {p['global_batch']:>2} crop {p['crop']}: "
+                  f"{p['hours']:.1f} h" + (" (scaled by pixels from crop 512)" if p["scaled_from_crop_512"] else "")
+                  for key, p in r["projections"].items()]
     if "data" in r:
         per = ", ".join(f"{x['num_workers']} worker(s): {x['samples_per_s']:.3g} samples/s "
                         f"({x['samples_per_s_per_worker']:.3g}/worker)" for x in r["data"]["results"])
