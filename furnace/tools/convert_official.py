@@ -1,13 +1,18 @@
 """Convert a checkpoint released by the original MGD/CPS project into our segmentor file.
 
-    python -m furnace.tools.convert_official SRC DST --arch ARCH --branch branch1|branch2|branch3 [--num-classes N]
-        [--dataset voc|cityscapes]
+    python -m furnace.tools.convert_official SRC DST --arch ARCH [--branch branch1|branch2|branch3]
+        [--num-classes N] [--dataset voc|cityscapes]
 
 The original files store ``{'model': state_dict}`` with keys ``branch<k>.{backbone,head,classifier}.*``.
 CPS teacher files: branch1 and branch2 are two networks of one architecture (branch1 is the teacher).
 MGD student files: branch1 = student, branch2 = wide teacher (wrn50_2), branch3 = deep teacher (resnet101).
-The converted file gives exactly the original network's outputs and loads with
-``furnace.models.load_segmentor`` (and as a teacher_deep / teacher_wide file of a student config).
+The converted file gives exactly the original network's outputs and loads with ``load_segmentor`` and as a
+teacher file. Every tensor of the branch must map onto the network (same name and shape) or be one the original
+never used (mobilenetv2 backbone.classifier.1.*, wrn50_2 backbone.fc.*); else nothing is written and the
+offending tensors are listed. Example, the deep teacher of an MGD student release:
+
+  python -m furnace.tools.convert_official voc8_mgd_r18.pth \\
+      DATA/model-weight/teachers/voc_1-8_resnet101.pth --arch resnet101 --branch branch3
 """
 from __future__ import annotations
 
@@ -19,20 +24,10 @@ from ..models.weights import BRANCHES, convert_official
 from ..utils import run_cli
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m furnace.tools.convert_official",
-        description=__doc__.split("\n\n", 1)[0] + "\n\n" + __doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "Every tensor of the chosen branch must map onto the network (same name and shape) or be one of\n"
-            "the tensors the original never used (mobilenetv2 backbone.classifier.1.*, wrn50_2 backbone.fc.*);\n"
-            "otherwise nothing is written and the offending tensors are listed.\n\n"
-            "example (the deep teacher of an MGD student release):\n"
-            "  python -m furnace.tools.convert_official voc8_mgd_r18.pth \\\n"
-            "      DATA/model-weight/teachers/voc_1-8_resnet101.pth --arch resnet101 --branch branch3"
-        ),
-    )
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m furnace.tools.convert_official",
+                                     description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="SRC", help="original checkpoint ({'model': state_dict} or a bare state dict)")
     parser.add_argument("dst", metavar="DST", help="segmentor file to write (atomically)")
     parser.add_argument("--arch", required=True, choices=ARCHS, help="architecture of the chosen branch")
@@ -43,11 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=None, choices=("voc", "cityscapes"),
                         help="record this dataset's class names and palette in the file (used by "
                              "furnace.tools.predict); default: none, predict then goes by the class count")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
 
     def body():
         summary = convert_official(args.src, args.dst, args.arch, args.branch, args.num_classes, args.dataset)

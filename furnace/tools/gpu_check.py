@@ -3,25 +3,11 @@
     bash tools/gpu_check.sh                      # on a machine with one CUDA GPU; results in $OUT
     python -m furnace.tools.gpu_check [--device cuda|cpu] [--dry-run] [--out DIR] [--budget-s 480]
 
-Steps, each timed against its share of the budget (a step that runs long is reported, and one that
-runs past twice its share, or past the whole budget, is stopped so the later steps still run):
-
-1. ``environment``: Python, PyTorch, CUDA and the device name (``nvidia-smi`` when present);
-2. ``install``: tensorboardX and easydict from the wheels in ``tools/wheels`` with
-   ``pip install --no-index --no-deps`` when they are missing (no network needed; if pip cannot
-   install, the wheels go on PYTHONPATH); the project itself runs from this checkout via PYTHONPATH;
-3. ``gpu_tests``: ``pytest -m gpu`` (tests/test_gpu.py; they skip without CUDA);
-4. ``benchmark``: ``python -m furnace.tools.benchmark`` (networks and evaluation speed, the MGD step
-   reference vs optimized at batch 8 crop 512, the CPS teacher steps, projected recipe wall times, the
-   data loader);
-5. ``pipeline``: the synthetic pipeline end to end (``python exp.synthetic/pipeline.py``, the README's
-   quick-start command 1) with its wall time.
-
-Writes ``gpu_check.json`` (every step's command, exit status, seconds, budget and summary),
-``gpu_check.log`` (all output), ``gpu_tests.xml``, ``benchmark.json`` and ``pipeline/`` into the
-output folder (``--out``, else ``$OUT``, else ``./gpu_check_out``). ``--device cpu --dry-run`` runs the
-same steps on a CPU at the smallest sizes (benchmark ``--tiny``, pipeline ``--quick``): a check of
-the script itself. Exit status 0 when every step passed.
+Steps, each timed against its share of the budget and stopped past twice that, so the later ones still run:
+environment, install (tensorboardX and easydict offline from tools/wheels), gpu_tests (pytest -m gpu), benchmark
+and pipeline (the README's synthetic quick start). Writes gpu_check.json, gpu_check.log, gpu_tests.xml,
+benchmark.json and pipeline/ into --out (else $OUT, else ./gpu_check_out). ``--device cpu --dry-run``: the same
+steps at the smallest sizes, a check of the script itself. Exit status 0 when every step passed.
 """
 from __future__ import annotations
 
@@ -51,11 +37,10 @@ class Check:
         out.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "gpu_check.log", "w")
         self.start = time.perf_counter()
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                        PYTHONUNBUFFERED="1")
+        pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
         self.steps: list[dict] = []
-        self.report: dict = {"device": device, "dry_run": dry_run, "budget_s": budget_s, "out": str(out),
-                             "steps": self.steps}
+        self.report = {"device": device, "dry_run": dry_run, "budget_s": budget_s, "out": str(out), "steps": self.steps}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -68,7 +53,7 @@ class Check:
         self.log.write(text + "\n")
         self.log.flush()
 
-    def run(self, name: str, command: list[str], **summary) -> dict:
+    def run(self, name: str, command: list[str]) -> dict:
         """Run one step's command (output into the log), timed against its budget."""
         budget = self.budget(name)
         # stop a runaway step at twice its share, or where the whole budget (plus a quarter) ends
@@ -86,40 +71,36 @@ class Check:
         seconds = time.perf_counter() - t0
         text = (self.out / f"{name}.out").read_text(errors="replace")
         self.log.write(text)
-        tail = text.strip().splitlines()[-12:]
-        self.say("\n".join(f"  | {line}" for line in tail))
-        return self.record(name, status, seconds, command=command, rc=rc, **summary)
+        self.say("\n".join(f"  | {line}" for line in text.strip().splitlines()[-12:]))
+        return self.record(name, status, seconds, command=command, rc=rc)
 
     def record(self, name: str, status: str, seconds: float, **details) -> dict:
         budget = self.budget(name)
         step = {"name": name, "status": status, "seconds": round(seconds, 1), "budget_s": round(budget, 1),
                 "over_budget": seconds > budget, **details}
         self.steps.append(step)
-        note = f"  OVER BUDGET by {seconds - budget:.0f} s" if seconds > budget else ""
-        self.say(f"=== {name}: {status} in {seconds:.1f} s (budget {budget:.0f} s){note}")
+        over = f"  OVER BUDGET by {seconds - budget:.0f} s" if seconds > budget else ""
+        self.say(f"=== {name}: {status} in {seconds:.1f} s (budget {budget:.0f} s){over}")
         return step
 
 
 def step_environment(check: Check) -> None:
     t0 = time.perf_counter()
     import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-            "cuda": torch.version.cuda, "cpu_count": os.cpu_count()}
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda, "cpu_count": os.cpu_count()}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-        info["bf16_supported"] = torch.cuda.is_bf16_supported()
+        info.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+                    bf16_supported=torch.cuda.is_bf16_supported())
     if shutil.which("nvidia-smi"):
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,power.limit",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     check.report["environment"] = info
     check.say("environment: " + json.dumps(info))
-    status = "passed"
-    if check.device == "cuda" and not torch.cuda.is_available():
-        status = "failed"
+    status = "failed" if check.device == "cuda" and not torch.cuda.is_available() else "passed"
+    if status == "failed":
         check.say("no CUDA device is visible: the GPU steps will fail (use --device cpu --dry-run to check the script)")
     check.record("environment", status, time.perf_counter() - t0, **info)
 
@@ -139,7 +120,8 @@ def step_install(check: Check) -> None:
             continue
         wheels = sorted(WHEELS.glob(f"{prefix}-*.whl"))
         if not wheels:
-            actions[module], status = f"missing, and no {prefix}-*.whl in {WHEELS} (bash tools/fetch_gpu_wheels.sh)", "failed"
+            actions[module] = f"missing, and no {prefix}-*.whl in {WHEELS} (bash tools/fetch_gpu_wheels.sh)"
+            status = "failed"
             continue
         pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", str(wheels[-1])],
                              env=check.env, capture_output=True, text=True, timeout=120)
@@ -156,41 +138,37 @@ def step_install(check: Check) -> None:
     check.record("install", status, time.perf_counter() - t0, actions=actions, pythonpath=check.env["PYTHONPATH"])
 
 
-def _junit_counts(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    counts["cases"] = {}
-    for case in suite.iter("testcase"):
-        outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
-        detail = next((c.get("message", "") for c in case if c.tag in ("failure", "error", "skipped")), "")
-        counts["cases"][case.get("name")] = outcome + (f": {detail.splitlines()[0][:200]}" if detail else "")
-    return counts
-
-
 def step_gpu_tests(check: Check) -> None:
     xml = check.out / "gpu_tests.xml"
     step = check.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
                                    f"--junitxml={xml}", "tests/test_gpu.py"])
-    step["tests"] = _junit_counts(xml)
+    counts = {}
+    if xml.is_file():
+        root = ET.parse(xml).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+        counts["cases"] = {}
+        for case in suite.iter("testcase"):
+            found = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
+            detail = found.get("message", "") if found is not None else ""
+            counts["cases"][case.get("name")] = (found.tag if found is not None else "passed") + (
+                f": {detail.splitlines()[0][:200]}" if detail else "")
+    step["tests"] = counts
 
 
 def step_benchmark(check: Check) -> None:
     out = check.out / "benchmark.json"
-    command = [sys.executable, "-m", "furnace.tools.benchmark", "--device", check.device, "--json", str(out)]
-    if check.dry_run:
-        command += ["--tiny", "--threads", "1"]
-    step = check.run("benchmark", command)
+    step = check.run("benchmark", [sys.executable, "-m", "furnace.tools.benchmark", "--device", check.device,
+                                   "--json", str(out), *(["--tiny", "--threads", "1"] if check.dry_run else [])])
     if out.is_file():
         bench = json.loads(out.read_text())
         m = bench.get("mgd_step", {})
+        keys = ("batch", "crop", "reference_ms", "optimized_ms", "speedup", "images_per_s", "achieved_tflops",
+                "gpu_peak_tflops_bf16", "gpu_peak_label", "utilisation", "peak_mem_gb", "max_loss_rel_diff",
+                "max_loss_rel_diff_fp32")
         step["summary"] = {
-            "mgd_step": {k: m.get(k) for k in ("batch", "crop", "reference_ms", "optimized_ms", "speedup", "images_per_s",
-                                               "achieved_tflops", "gpu_peak_tflops_bf16", "gpu_peak_label", "utilisation",
-                                               "peak_mem_gb", "max_loss_rel_diff", "max_loss_rel_diff_fp32")},
+            "mgd_step": {k: m.get(k) for k in keys},
             "eval_images_per_s": {a: s.get("eval_images_per_s") for a, s in bench.get("networks", {}).items()
                                   if "eval_images_per_s" in s},
             "teachers": {a: t.get("step_ms") for a, t in bench.get("teachers", {}).items()},
@@ -203,10 +181,8 @@ def step_pipeline(check: Check) -> None:
     folder = check.out / "pipeline"
     if folder.is_dir():  # a stage finished by an earlier check would be reused, hiding its wall time
         shutil.rmtree(folder)
-    command = [sys.executable, "exp.synthetic/pipeline.py", "--out", str(folder)]
-    if check.dry_run:
-        command.append("--quick")
-    step = check.run("pipeline", command)
+    step = check.run("pipeline", [sys.executable, "exp.synthetic/pipeline.py", "--out", str(folder),
+                                  *(["--quick"] if check.dry_run else [])])
     results = folder / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
@@ -251,7 +227,8 @@ def main(argv=None) -> int:
     check.report["passed"] = all(s["status"] == "passed" for s in check.steps)
     (check.out / "gpu_check.json").write_text(json.dumps(check.report, indent=1, default=str) + "\n")
     check.say(where_time_went(check))
-    check.say(f"{'all steps passed' if check.report['passed'] else 'SOME STEPS FAILED'}; wrote {check.out / 'gpu_check.json'}")
+    verdict = "all steps passed" if check.report["passed"] else "SOME STEPS FAILED"
+    check.say(f"{verdict}; wrote {check.out / 'gpu_check.json'}")
     check.log.close()
     return 0 if check.report["passed"] else 1
 

@@ -2,11 +2,10 @@
 
     python -m furnace.tools.migrate_checkpoint OLD.pth NEW.pth
 
-Version-1 files (segmentor files ``epoch-<e>.pth`` / exported teachers, and ``latest.pth``) were written
-while the DeepLabv3+ decoder concatenated ``[reduce(low), ASPP]``; the current decoder concatenates
-``[ASPP, reduce(low)]`` as the original project does. Permuting the input channels of every
-``head.last_conv.0.weight`` (and, in ``latest.pth``, their SGD momentum buffers) makes the network compute
-exactly what it computed before, so a migrated run resumes where it stopped.
+Version-1 files (segmentor files, exported teachers, ``latest.pth``) were written while the decoder concatenated
+``[reduce(low), ASPP]``, not ``[ASPP, reduce(low)]`` as now and in the original. Permuting the input channels of
+every ``head.last_conv.0.weight`` (and their SGD momentum in ``latest.pth``) keeps the network's outputs exactly,
+so a migrated run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ def migrate(src, dst) -> str:
     if fmt == SEGMENTOR_FORMAT:
         state, momentum, version = obj.get("state_dict"), None, SEGMENTOR_VERSION
     elif fmt == TRAIN_STATE_FORMAT:
-        state, version = obj.get("method"), TRAIN_STATE_VERSION
-        momentum = (obj.get("optimizer") or {}).get("state")
+        state, momentum, version = obj.get("method"), (obj.get("optimizer") or {}).get("state"), TRAIN_STATE_VERSION
     else:
         raise UserError(f"{src}: not a furnace segmentor file or training checkpoint (format {fmt!r}); nothing to "
                         "migrate (original release checkpoints are converted with furnace.tools.convert_official)")
@@ -51,8 +49,7 @@ def migrate(src, dst) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m furnace.tools.migrate_checkpoint",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2],
+                                     description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="OLD", help="version-1 segmentor file or latest.pth")
     parser.add_argument("dst", metavar="NEW", help="where to write the migrated file")

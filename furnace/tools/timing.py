@@ -1,8 +1,5 @@
-"""Timing for the benchmarks: synchronised wall and CPU times, medians after warm-up, true fp32, FLOPs,
-and one timed training step (forward, backward, SGD update) of a method on a fixed batch.
-
-Used by :mod:`furnace.tools.benchmark`, :mod:`furnace.tools.bench_mgd` and the export's latency check.
-"""
+"""Timing for the benchmarks and the export's latency check: synchronised wall and CPU times, medians,
+true fp32, FLOPs, and timed training steps of a method on a fixed batch."""
 from __future__ import annotations
 
 import statistics
@@ -13,15 +10,14 @@ import torch
 
 
 def sync(device: torch.device | None) -> None:
-    """Wait for the work queued on a CUDA ``device`` (nothing to wait for on a CPU)."""
+    """Wait for the work queued on a CUDA ``device``."""
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device | None = None) -> tuple[float, float]:
-    """(wall, CPU) milliseconds of one ``fn()`` call, the device synchronised before and after. The CPU
-    time of the process (all its threads) is what the call cost on a CPU whose cores other programs
-    share: it does not grow while the process waits for a core, which the wall time does."""
+    """(wall, process CPU) milliseconds of one ``fn()``, the device synchronised before and after; the CPU
+    time does not grow while the process waits for a core other programs hold."""
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
@@ -38,7 +34,7 @@ def median_ms(fn, device: torch.device | None = None, *, warmup: int = 0, iters:
 
 @contextmanager
 def no_tf32():
-    """True fp32 convolutions and matmuls on CUDA (PyTorch lets cuDNN convolutions use TF32 by default)."""
+    """True fp32 convolutions and matmuls on CUDA (cuDNN convolutions use TF32 by default)."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -48,12 +44,8 @@ def no_tf32():
 
 
 def count_flops(fn) -> int:
-    """FLOPs of everything ``fn()`` runs (forward and backward), counted by torch.utils.flop_counter.
-
-    Only matrix products and convolutions count (a multiply-add = 2 FLOPs); elementwise work does not.
-    """
+    """FLOPs of ``fn()`` (forward and backward): matrix products and convolutions only, a multiply-add = 2."""
     from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -61,17 +53,17 @@ def count_flops(fn) -> int:
 
 
 class TrainStep:
-    """One way of running a method's training step: the method, an SGD optimizer, a fixed batch (on the
-    device) and the autocast dtype (None: fp32); ``timed_step`` records wall and CPU milliseconds and,
-    on CUDA, the peak memory the step allocates above what was resident before it (``peak_work``)."""
+    """A method's training step with SGD on a fixed batch (the loader's format, moved to ``device``; batch and
+    method channels_last when asked) under autocast ``dtype`` (None: fp32). ``timed_step`` appends to ``times``
+    / ``cpu_times`` (ms); on CUDA ``peak_work`` is the most bytes a step allocated above what was resident."""
 
-    def __init__(self, name: str, method, batch: dict, device: torch.device, dtype):
-        self.name, self.method, self.device, self.dtype = name, method, device, dtype
-        self.batch = batch
+    def __init__(self, name: str, method, batch: dict, device: torch.device, dtype, *, channels_last: bool = False):
+        from ..datasets.device import to_device
+        self.name, self.device, self.dtype = name, device, dtype
+        self.method = method.to(memory_format=torch.channels_last) if channels_last else method
+        self.batch = to_device(batch, device, channels_last=channels_last)
         self.optimizer = torch.optim.SGD(method.parameters(), lr=1e-3, momentum=0.9)
-        self.times: list[float] = []
-        self.cpu_times: list[float] = []
-        self.peak_work = 0
+        self.times, self.cpu_times, self.peak_work = [], [], 0
 
     def step(self, record: dict | None = None) -> None:
         """Forward, backward and update; the losses go into ``record`` as floats when given."""
@@ -94,3 +86,14 @@ class TrainStep:
         self.cpu_times.append(cpu)
         if cuda:
             self.peak_work = max(self.peak_work, torch.cuda.max_memory_allocated(self.device) - base)
+
+
+def run_steps(paths: list[TrainStep], warmup: int, steps: int) -> None:
+    """``warmup`` untimed, then ``steps`` timed steps of every path, alternating so that a load change on the
+    machine slows every path alike."""
+    for _ in range(warmup):
+        for path in paths:
+            path.step()
+    for _ in range(steps):
+        for path in paths:
+            path.timed_step()
