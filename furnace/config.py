@@ -6,8 +6,6 @@ registered methods' keys join with their defaults, the environment (:data:`ENVIR
 ``KEY=VALUE`` override the file, everything is validated, and what a recipe leaves to be derived (``""`` /
 ``0``) is filled in by :func:`_derive`. The engine only reads prepared configs; checkpoints store them.
 """
-from __future__ import annotations
-
 import ast
 import copy
 import difflib

@@ -4,8 +4,6 @@ torchrun): prepare the config once, build the method, datasets and models, hand 
     python train.py [--resume auto|PATH] [KEY=VALUE ...]
     python eval.py  [-e 20-33 | -e last | -e all | -e PATH] [--save-pred DIR] [KEY=VALUE ...]
 """
-from __future__ import annotations
-
 import math
 import os
 import sys

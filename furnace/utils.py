@@ -1,7 +1,5 @@
 """Small helpers shared by every part of furnace: user-facing errors (and the one way a command ends on
 one), the label value of void pixels, and safe file I/O."""
-from __future__ import annotations
-
 import contextlib
 import os
 import re

@@ -124,7 +124,9 @@ def test_evaluation_precision_follows_eval_amp_not_amp():
     for eval_amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("none", None)):
         cfg = toy_config("unused", amp="none", eval_amp=eval_amp)
         assert Evaluator(cfg, "cuda", ["a", "b", "c"], PALETTE).dtype == dtype
-    assert Evaluator(toy_config("unused", eval_amp="bf16"), "cpu", ["a", "b", "c"], PALETTE).dtype is None  # CPU
+    # on a CPU too: training's amp=auto does not reach evaluation, eval_amp=bf16 does
+    assert Evaluator(toy_config("unused", amp="auto"), "cpu", ["a", "b", "c"], PALETTE).dtype is None
+    assert Evaluator(toy_config("unused", eval_amp="bf16"), "cpu", ["a", "b", "c"], PALETTE).dtype == torch.bfloat16
 
 
 def test_eval_amp_is_validated():

@@ -1,6 +1,10 @@
 """A method defined outside furnace/ — plain logit distillation from one frozen teacher, the README's
 "Adding a method" example — registers itself and trains through the real entry point; nothing under
 furnace/ knows about it."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,3 +96,12 @@ def test_teacher_outputs_say_what_they_are(tmp_path, write_teachers):
         assert [t.shape[0] for t in out.features] == [2, 1] and out.features[0].shape[-1] == 8
         with torch.no_grad():
             torch.testing.assert_close(out.logits[1], net(y), rtol=1e-4, atol=1e-4)
+
+
+def test_the_method_list_comes_from_the_declarations():
+    out = subprocess.run([sys.executable, "-m", "furnace.methods", "test_method_plugin"], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).parent).stdout
+    for name in ("supervised", "cps", "mgd", "logit_kd"):
+        assert f"\n{name}: " in f"\n{out}", out
+    assert "    kd_temperature = 2.0" in out and "    teacher_deep_arch = 'resnet101'" in out
+    assert "    student_bn_updates = 'trained'  (trained | original)" in out

@@ -1,7 +1,5 @@
 """What the command lines of :mod:`furnace.run` share: the exit on a UserError (``error: <message>``, status 2),
 the KEY=VALUE parser and ``eval.py``'s ``-e`` snapshot selection."""
-from __future__ import annotations
-
 import argparse
 import os
 import re

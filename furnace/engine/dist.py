@@ -1,7 +1,5 @@
 """Distributed state: one process per device, started by ``torchrun`` (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)
 or alone, where every helper degrades to the single-process behaviour: callers never branch on it."""
-from __future__ import annotations
-
 import atexit
 import contextlib
 import os

@@ -21,8 +21,6 @@ Metrics come from a C x C int64 confusion matrix (rows = ground truth, columns =
 pixels with ``0 <= gt < C``, summed over processes; the val list is sharded so that every image is
 evaluated by exactly one process.
 """
-from __future__ import annotations
-
 import contextlib
 import math
 import re

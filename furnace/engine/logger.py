@@ -2,8 +2,6 @@
 
 A log that cannot be written never stops or stalls training: the failed sink is switched off with one warning,
 and the next (atomic, self-reporting) checkpoint write decides whether the run can go on."""
-from __future__ import annotations
-
 import contextlib
 import datetime
 import json

@@ -1,6 +1,4 @@
 """SGD with per-parameter weight decay and the poly learning-rate schedule (SPEC §7)."""
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -1,7 +1,5 @@
 """Random generators of a training process: seeding, their state for ``latest.pth``, and blocks
 (data loading, evaluation) that must not advance them."""
-from __future__ import annotations
-
 import contextlib
 import random
 

@@ -3,8 +3,6 @@ networks; ``method(batch)`` returns a dict of scalar losses, ``"loss"`` the tota
 DistributedDataParallel (itself in one process); ``ddp_call`` is ``ddp``, compiled when ``cfg.compile``. An iteration
 runs ``accum = global_batch / world_size / micro_batch`` micro-batches per process, each loss scaled by ``1/accum``:
 with DDP's average over processes it applies the gradient of the global batch's mean at any process count."""
-from __future__ import annotations
-
 import contextlib
 import math
 import signal

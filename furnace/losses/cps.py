@@ -1,6 +1,4 @@
 """Cross pseudo supervision (CPS) with CutMix, and the pseudo-label helpers MGD shares with it."""
-from __future__ import annotations
-
 import torch
 
 from .segmentation import cross_entropy

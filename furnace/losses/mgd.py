@@ -1,6 +1,4 @@
 """The three granularities of MGD's distillation: image, region and pixel level."""
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

@@ -1,6 +1,4 @@
 """Supervised segmentation losses: cross-entropy with ignore, and online hard example mining (OHEM)."""
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

@@ -6,8 +6,6 @@ the file -> default architecture; the file defaults to the teacher the dataset's
 for a method that trains teachers, the key of the file it ``exports``. Defining the class registers it
 (:data:`furnace.config.METHODS`): preparation, validation and the teacher paths follow from that.
 """
-from __future__ import annotations
-
 from pathlib import Path
 from typing import ClassVar
 

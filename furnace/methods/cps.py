@@ -1,6 +1,4 @@
 """Cross pseudo supervision with CutMix (SPEC §5): how the teachers are trained, and a student baseline."""
-from __future__ import annotations
-
 import torch
 
 from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX

@@ -1,6 +1,4 @@
 """MGD (SPEC §6): a lightweight student distilled from a frozen deep and a frozen wide teacher."""
-from __future__ import annotations
-
 import torch
 
 from ..datasets.batch import IMAGE_L, IMAGE_U0, IMAGE_U1, LABEL_L, MASK_MIX

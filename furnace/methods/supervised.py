@@ -1,6 +1,4 @@
 """The "Sup." baseline: one network trained on the labeled images only."""
-from __future__ import annotations
-
 from ..datasets.batch import IMAGE_L, LABEL_L
 from .base import Method, trained_network
 

@@ -7,8 +7,6 @@
 * the original's (``teacher_impl=reference``, and always with ``teacher_bn=train``, whose batch
   statistics batching would change): one pass per input through the network as loaded.
 """
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch

@@ -5,8 +5,6 @@ every way of loading their weights.
     logits, feature = net(x, return_feature=True)      # (B,21,H,W), (B,256,H/4,W/4)
     save_segmentor(net, "net.pth"); net = load_segmentor("net.pth")
 """
-from __future__ import annotations
-
 from ..utils import UserError
 from .backbones import ARCHS, build_backbone, default_output_stride, dilate_block
 from .deeplabv3plus import DeepLabV3Plus, count_parameters, fold_batchnorm

@@ -8,8 +8,6 @@ dilates features 15, 16, 17 by 2, 4, 8 (features 14 keeps its stride), OS32. Oth
 stage whose stride is removed and keep the multi-grid doubling on the last blocks (ResNet OS8: layer3 by 2,
 layer4 by 4, 8, ...; MobileNet-v2 OS16: features 14-17 by 2, 2, 4, 8; OS8: 7-13 by 2, 14-17 by 4, 4, 8, 16).
 """
-from __future__ import annotations
-
 from typing import Dict, Sequence
 
 import torch

@@ -4,8 +4,6 @@ Module names follow the original project's checkpoints: ``head.aspp.{map_convs.0
 global_pooling_conv, global_pooling_bn, red_conv, pool_red_conv, red_bn}``, ``head.reduce.{0,1}``,
 ``head.last_conv.{0,1,3,4}``, ``classifier``. Convs before a BN carry no bias.
 """
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

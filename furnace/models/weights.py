@@ -6,8 +6,6 @@ A segmentor file is ``{"format": "mgd-ssss.segmentor", "version": 2, "arch", "nu
 with ``atomic_save``. Version 1 files (the decoder concatenated ``[reduce(low), ASPP]``, not the original's
 ``[ASPP, reduce(low)]``) are refused with the command that migrates them exactly (:func:`migrate_decoder_order`).
 """
-from __future__ import annotations
-
 import os
 import re
 from dataclasses import dataclass, field

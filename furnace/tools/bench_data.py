@@ -6,8 +6,6 @@ Prints JSON for :class:`furnace.datasets.TrainLoader` on generated 500x375 VOC-l
 samples (what CPS and MGD consume) and labeled-only ones; ``ratio_to_decode_floor`` is the loader's rate per
 worker over that of decoding the same files with cv2 alone.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import os

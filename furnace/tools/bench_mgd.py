@@ -1,7 +1,5 @@
 """The training-step sections of ``python -m furnace.tools.benchmark``: the reference MGD step against the
 optimized one on the same batch, teachers and student initialisation, and the CPS teacher step."""
-from __future__ import annotations
-
 import statistics
 import tempfile
 import time

@@ -10,8 +10,6 @@ wall time on this device) and ``data`` (training samples/s per loader worker). R
 the figures. ``--quick``: small sizes and few repeats; ``--tiny``: shrunk networks too, a check that every
 section runs.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import os

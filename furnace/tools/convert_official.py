@@ -14,8 +14,6 @@ offending tensors are listed. Example, the deep teacher of an MGD student releas
   python -m furnace.tools.convert_official voc8_mgd_r18.pth \\
       DATA/model-weight/teachers/voc_1-8_resnet101.pth --arch resnet101 --branch branch3
 """
-from __future__ import annotations
-
 import argparse
 import sys
 

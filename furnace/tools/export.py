@@ -17,8 +17,6 @@ Runtime at each ``--latency-sizes`` (HxW).
 The dynamo exporter (``torch.onnx.export(dynamo=True)``) needs the ``onnxscript`` package; when it is
 not installed, or fails, the TorchScript exporter (``dynamo=False``) is used and the JSON says which.
 """
-from __future__ import annotations
-
 import argparse
 import importlib.util
 import json

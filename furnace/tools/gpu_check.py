@@ -9,8 +9,6 @@ and pipeline (the README's synthetic quick start). Writes gpu_check.json, gpu_ch
 benchmark.json and pipeline/ into --out (else $OUT, else ./gpu_check_out). ``--device cpu --dry-run``: the same
 steps at the smallest sizes, a check of the script itself. Exit status 0 when every step passed.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import os

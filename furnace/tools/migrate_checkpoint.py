@@ -7,8 +7,6 @@ Version-1 files (segmentor files, exported teachers, ``latest.pth``) were writte
 every ``head.last_conv.0.weight`` (and their SGD momentum in ``latest.pth``) keeps the network's outputs exactly,
 so a migrated run resumes where it stopped.
 """
-from __future__ import annotations
-
 import argparse
 import sys
 from pathlib import Path

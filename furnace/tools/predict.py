@@ -17,8 +17,6 @@ With ``--onnx`` the forward pass runs in ONNX Runtime (file from ``python -m fur
 CHECKPOINT may then be the .onnx file itself). An unreadable image is reported in one line and skipped;
 the run ends with the list of failures and exit status 1.
 """
-from __future__ import annotations
-
 import argparse
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """Timing for the benchmarks and the export's latency check: synchronised wall and CPU times, medians,
 true fp32, FLOPs, and timed training steps of a method on a fixed batch."""
-from __future__ import annotations
-
 import statistics
 import time
 from contextlib import contextmanager
