@@ -15,6 +15,7 @@ def test_mgd_step_report_and_optimized_losses_equal_reference(tmp_path):
     report = benchmark.main([
         "--device", "cpu", "--skip", "networks", "data", "--crop", "32", "--batch", "2", "--steps", "1",
         "--warmup", "0", "--width-mult", "0.125", "--head-channels", "16", "--threads", "1", "--json", str(out),
+        "--cpu-bf16", "on",
     ])
     assert torch.get_num_threads() == threads  # the caller's setting is restored
     saved = json.loads(out.read_text())
@@ -28,6 +29,9 @@ def test_mgd_step_report_and_optimized_losses_equal_reference(tmp_path):
     assert (m["batch"], m["crop"], m["arch"]) == (2, 32, "resnet18")
     # same batch, same initial weights: the batched channels_last teachers compute the reference's losses
     assert m["max_loss_rel_diff"] <= 1e-4
+    # the bf16 path beside them: its own steps, losses within a few percent of fp32
+    assert m["optimized_bf16_ms"] > 0 and len(m["step_ms_all"]["optimized_bf16"]) == 1
+    assert 0 < m["max_loss_rel_diff_bf16"] <= 0.05 and set(m["losses_first_step"]["optimized_bf16"]) == LOSS_NAMES
     for path in ("reference", "optimized"):
         assert set(m["losses_first_step"][path]) == LOSS_NAMES
         assert len(m["step_ms_all"][path]) == 1

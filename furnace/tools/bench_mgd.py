@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..datasets.batch import synthetic_batch
-from ..engine.dist import amp_dtype
+from ..engine.dist import amp_dtype, cpu_has_native_bf16
 from .timing import TrainStep, count_flops, no_tf32, run_steps, sync
 
 TEACHER_ARCHS = (("deep", "resnet101"), ("wide", "wrn50_2"))
@@ -16,14 +16,16 @@ TEACHER_ARCHS = (("deep", "resnet101"), ("wide", "wrn50_2"))
 
 def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "resnet18", steps: int = 3,
                    warmup: int = 1, num_classes: int = 21, width_mult: float = 1.0, head_channels: int = 256,
-                   student_channels_last: bool | None = None, compile_mode: str = "off") -> dict:
+                   student_channels_last: bool | None = None, compile_mode: str = "off",
+                   cpu_bf16: bool | None = None) -> dict:
     """One MGD step (forward, backward, SGD update) at ``batch`` x ``crop`` two ways, steps alternating: the
     *reference* path (each teacher called on x_l, u0, u1 and x_m; fp32, NCHW) and the *optimized* one
     (teacher_impl="batched": one inference-mode pass of BN-folded channels_last teachers; on CUDA bf16 autocast).
     Random networks at ``width_mult`` / ``head_channels`` (1.0 / 256: the real ones), the teachers loaded from
     files as training does. ``student_channels_last`` None: on CUDA only. ``compile_mode``: "off", "teachers" (as
     ``compile_teachers=true``) or "student". Returns median ms per path, ``speedup``, images/s, TFLOP/s and
-    ``max_loss_rel_diff`` of the first step's losses (``_fp32``: both in true fp32); CPU time or peak memory."""
+    ``max_loss_rel_diff`` of the first step's losses (``_fp32``: both in true fp32); CPU time or peak memory. On a
+    CPU with ``cpu_bf16`` (None: when it has native bf16) also the optimized path under bf16 autocast (``*_bf16``)."""
     if student_channels_last is None:  # on a CPU oneDNN's channels_last backward is slower for the student
         student_channels_last = device.type == "cuda"
     amp = amp_dtype("auto", device)
@@ -31,6 +33,9 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     opts = dict(width_mult=width_mult, head_channels=head_channels)
     with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:
         ref, fast = _two_paths(device, Path(tmpdir), data, arch, num_classes, opts, student_channels_last, amp)
+        native = device.type == "cpu" and cpu_has_native_bf16()
+        bf16 = _two_paths(device, Path(tmpdir), data, arch, num_classes, opts, student_channels_last, torch.bfloat16)[1] \
+            if device.type == "cpu" and (native if cpu_bf16 is None else cpu_bf16) else None
         check = {}
         if amp is not None:  # both paths once in true fp32: the maths without the bf16 rounding
             with torch.no_grad(), no_tf32():
@@ -38,11 +43,20 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
         first = {"reference": {}, "optimized": {}}
         flops = {r.name: count_flops(lambda r=r: r.step(first[r.name])) for r in (ref, fast)}
         compile_s = _compile(fast, compile_mode) if compile_mode != "off" else 0.0
-        run_steps([ref, fast], warmup, steps)
+        if bf16 is not None:
+            bf16.step(first.setdefault("optimized_bf16", {}))
+        run_steps([ref, fast] + ([bf16] if bf16 is not None else []), warmup, steps)
     out = {"arch": arch, "batch": batch, "crop": crop, "device": str(device), "threads": torch.get_num_threads()}
     if width_mult != 1.0 or head_channels != 256:
         out.update(width_mult=width_mult, head_channels=head_channels)
     out.update(_report(ref, fast, first, check, flops, batch))
+    if bf16 is not None:
+        bf16_ms = statistics.median(bf16.times)
+        out.update(optimized_bf16_ms=round(bf16_ms, 2), speedup_bf16=round(out["reference_ms"] / bf16_ms, 3),
+                   images_per_s_bf16=round(batch * 1000 / bf16_ms, 3), bf16_native=native,
+                   max_loss_rel_diff_bf16=_rel_diff({"reference": first["reference"], "optimized": first["optimized_bf16"]}))
+    elif device.type == "cpu":
+        out["bf16"] = "not measured: this CPU has no native bf16 (AVX-512 BF16 / AMX); --cpu-bf16 on measures the emulation"
     out["optimized_settings"] = {"teachers": "one batched inference_mode pass each, channels_last",
                                  "student_channels_last": student_channels_last,
                                  "autocast": str(amp).replace("torch.", "") if amp else "off", "compile": compile_mode}
@@ -50,6 +64,8 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
                step_ms_all={r.name: [round(t, 1) for t in r.times] for r in (ref, fast)})
     if device.type == "cpu":
         out["step_cpu_ms_all"] = {r.name: [round(t, 1) for t in r.cpu_times] for r in (ref, fast)}
+    if bf16 is not None:
+        out["step_ms_all"]["optimized_bf16"] = [round(t, 1) for t in bf16.times]
     out["losses_first_step"] = first
     if compile_mode != "off":
         out["compile_s"] = round(compile_s, 1)
@@ -71,8 +87,9 @@ def _two_paths(device, tmp: Path, data: dict, arch: str, num_classes: int, opts:
                                     method="mgd", teacher_impl=impl, num_classes=num_classes,
                                     teacher_deep=str(tmp / "deep.pth"), teacher_wide=str(tmp / "wide.pth"), **opts)
                             for impl in ("reference", "batched"))
+    name = "optimized_bf16" if amp == torch.bfloat16 and device.type == "cpu" else "optimized"
     return (TrainStep("reference", reference, data, device, None),
-            TrainStep("optimized", optimized, data, device, amp, channels_last=student_channels_last))
+            TrainStep(name, optimized, data, device, amp, channels_last=student_channels_last))
 
 
 def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int, steps: int = 3, warmup: int = 1,

@@ -151,6 +151,8 @@ def main(argv=None) -> dict:
                    help="torch.compile part of the optimized path ('teachers': as compile_teachers=true in "
                         "training); the compile time is reported as compile_s")
     g.add_argument("--student-channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA only")
+    g.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
+                   help="on a CPU also the optimized path under bf16 autocast (auto: when the CPU has native bf16)")
     g.add_argument("--width-mult", type=float, default=1.0, help="shrink every network (tests; 1.0 = the real ones)")
     g.add_argument("--head-channels", type=int, default=256, help="decoder width of every network (tests)")
     args = p.parse_args(argv)
@@ -188,7 +190,8 @@ def _run(args, device: torch.device) -> dict:
     if "mgd_step" not in args.skip:
         m = mgd_step_bench(device, batch=batch, crop=crop, arch=args.arch, steps=steps, warmup=warmup,
                            width_mult=args.width_mult, head_channels=args.head_channels, compile_mode=args.compile,
-                           student_channels_last={"auto": None, "on": True, "off": False}[args.student_channels_last])
+                           student_channels_last={"auto": None, "on": True, "off": False}[args.student_channels_last],
+                           cpu_bf16={"auto": None, "on": True, "off": False}[args.cpu_bf16])
         if cuda:
             peak, label = gpu_peak(report["device"])
             m["gpu_peak_tflops_bf16"], m["gpu_peak_label"] = peak, label or "unknown GPU: no utilisation figure"
@@ -248,6 +251,8 @@ def format_report(r: dict) -> str:
             f"max loss rel diff {m['max_loss_rel_diff']:.2g}"
             + (f" (fp32 {m['max_loss_rel_diff_fp32']:.2g})" if "max_loss_rel_diff_fp32" in m else "")
             + (f"; peak {m['peak_mem_gb']} GB" if "peak_mem_gb" in m else "")
+            + (f"; optimized bf16 {m['optimized_bf16_ms']:.0f} ms -> {m['speedup_bf16']:.2f}x the fp32 reference "
+               f"(loss rel diff {m['max_loss_rel_diff_bf16']:.2g})" if "optimized_bf16_ms" in m else "")
             + (f"; compile {m['compile_s']} s" if "compile_s" in m else ""))
         if m.get("gpu_peak_tflops_bf16"):
             lines.append(f"share of the {m['gpu_peak_label']} dense bf16 peak ({m['gpu_peak_tflops_bf16']:.0f} "
