@@ -36,13 +36,44 @@ def _decode(data: np.ndarray, flags: int):
         return None
 
 
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset just past the first start-of-scan (SOS) header of a JPEG, found by walking its marker segments (so
+    an EXIF thumbnail inside APP1, with its own end-of-image marker, is skipped); None when the headers are cut
+    short before it (or are not JPEG segments)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers carry no length
+            pos += 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            return end if end <= len(data) else None
+        if marker == 0xD9:
+            return None
+        pos = end
+    return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's main image reaches its end-of-image marker: FFD9 after the first SOS (entropy-coded data
+    never holds it). Bytes after the marker (phones append such trailers) are allowed."""
+    start = _jpeg_scan_start(data)
+    return start is not None and data.rfind(b"\xff\xd9", start) >= 0
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)``; UserError naming a missing or broken ``path``."""
+    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)`` reads it (EXIF orientation applied, grayscale,
+    alpha and 16-bit converted); UserError naming a missing, empty, truncated or undecodable ``path``."""
     path = Path(path)
     data = _read_bytes(path, "image")
-    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
-    # end-of-image marker (it only occurs as a marker, never inside the coded data).
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+    # libjpeg decodes a truncated JPEG into a grey-filled image without failing, so require the main image's end
+    if data[:2].tobytes() == b"\xff\xd8" and not _jpeg_complete(data.tobytes()):
         raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
     image = _decode(data, cv2.IMREAD_COLOR)
     if image is None:
