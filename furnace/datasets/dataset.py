@@ -2,11 +2,13 @@
 problem a user's files can have raises :class:`~furnace.utils.UserError` naming the file when it is read."""
 
 import functools
+import io
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..utils import IGNORE_INDEX, UserError
@@ -14,7 +16,7 @@ from .layouts import DatasetLayout
 from .lists import read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_PNG_COLOR_TYPES = {2: "RGB", 4: "grayscale+alpha", 6: "RGBA"}
 
 
 def _read_bytes(path: Path, what: str) -> np.ndarray:
@@ -91,26 +93,31 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
     return table
 
 
+def _palette_indices(data: np.ndarray) -> np.ndarray | None:
+    """(H, W) uint8 palette indices of a palette PNG (cv2 would expand them into colours); None if undecodable."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as img:
+            return np.array(img) if img.mode == "P" else None
+    except (OSError, ValueError, SyntaxError):  # PIL's errors for broken files
+        return None
+
+
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """A single-channel 8-bit index PNG as (H, W) uint8, ``ignore_index`` returned as 255; UserError naming ``path``
-    for any other file or a value outside the classes (palette PNGs too: cv2 would expand their colours)."""
+    """An 8-bit index PNG, single-channel or palette (its indices are the values), as (H, W) uint8 with
+    ``ignore_index`` returned as 255; UserError naming ``path`` for any other file or a value outside the classes."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
     if raw[:8] != _PNG_SIGNATURE or raw[12:16] != b"IHDR":
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
     bit_depth, color_type = raw[24], raw[25]
-    if color_type == 3:
-        raise UserError(f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
-                        f"indices must be stored as a single-channel index PNG. Convert the dataset with "
-                        f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)")
-    if color_type != 0:
+    if color_type not in (0, 3):
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
         raise UserError(f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
                         f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore")
-    if bit_depth != 8:
+    if color_type == 0 and bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
-    label = _decode(data, cv2.IMREAD_UNCHANGED)
+    label = _palette_indices(data) if color_type == 3 else _decode(data, cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2:
         raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
     if cv2.countNonZero(cv2.LUT(label, _invalid_values(num_classes, ignore_index))):  # fast check, then detail
@@ -120,8 +127,9 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         bad = np.flatnonzero(counts)
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise UserError(f"{path}: label values {{{shown}}} are outside the {num_classes} classes "
-                        f"(0..{num_classes - 1}) and ignore {ignore_index}; is this the right dataset, and are labels "
-                        f"trainIds/index values?")
+                        f"(0..{num_classes - 1}) and ignore {ignore_index}; fix those pixels, or set num_classes / "
+                        f"ignore_index to what the labels hold (is this the right dataset? Cityscapes labels must "
+                        f"be trainIds)")
     if ignore_index != IGNORE_INDEX:  # everything downstream (losses, metrics) knows void as IGNORE_INDEX
         label = np.where(label == ignore_index, np.uint8(IGNORE_INDEX), label)
     return label
