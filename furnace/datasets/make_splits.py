@@ -50,13 +50,18 @@ def write_splits(list_path, out_dir, ratios=DEFAULT_RATIOS, seed: int = 0, prefi
     """Write the partition lists of ``list_path`` into ``out_dir``: ``{ratio: (labeled_path, unlabeled_path)}``."""
     entries = read_list(list_path, list_format or detect_list_format(list_path))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for ratio, parts in make_splits(entries, ratios, seed).items():
         written[ratio] = (out_dir / f"{prefix}_labeled_1-{ratio}.txt", out_dir / f"{prefix}_unlabeled_1-{ratio}.txt")
         for path, part in zip(written[ratio], parts):
-            path.write_text("".join(f"{e}\n" for e in part), encoding="utf-8")
+            write_list(path, part)
     return written
+
+
+def write_list(path: Path, entries: list[str]) -> None:
+    """One entry per line (UTF-8), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{e}\n" for e in entries), encoding="utf-8")
 
 
 def folder_stems(root) -> tuple[list[str], list[str]]:
@@ -95,12 +100,6 @@ def pick_val(labeled: list[str], val_path: Path, val_fraction: float, seed: int)
     n_val = min(max(1, round(len(labeled) * val_fraction)), len(labeled) - 1)
     picked = set(np.random.default_rng(seed).permutation(len(labeled))[:n_val].tolist())
     return [s for i, s in enumerate(labeled) if i in picked], True
-
-
-def write_list(path: Path, entries: list[str]) -> None:
-    """One entry per line, creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{e}\n" for e in entries), encoding="utf-8")
 
 
 def folder_splits(root, ratios=None, val_fraction: float = 0.1, seed: int = 0) -> list[str]:
