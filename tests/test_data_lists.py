@@ -158,11 +158,11 @@ def test_city_dataset_reads_pair_lists(tmp_path):
 def _corrupt(root, kind):
     label = root / "train_aug/label/a.png"
     image = root / "train_aug/image/a.jpg"
-    if kind == "palette":
-        img = Image.fromarray(np.zeros((20, 30), np.uint8), mode="P")
+    if kind == "palette":  # read as its indices, checked like any label's
+        img = Image.fromarray(np.full((20, 30), 21, np.uint8), mode="P")
         img.putpalette(LAYOUTS["voc"].palette.ravel().tolist())
         img.save(label)
-        return label, "palette.*prepare_voc"
+        return label, r"label values \{21\} are outside the 21 classes"
     if kind == "rgb":
         write_png(label, np.zeros((20, 30, 3), np.uint8))
         return label, "RGB PNG"
@@ -190,6 +190,18 @@ def test_bad_sample_raises_user_error_naming_file(tmp_path, kind):
         ds[0]
     assert str(path) in str(err.value)
     ds[1]  # the other sample is fine
+
+
+def test_a_palette_label_is_read_as_its_indices(tmp_path):
+    """SPEC §2: VOC's SegmentationClass PNGs are palette PNGs; their values are the indices, not the colours."""
+    root = voc_fixture(tmp_path / "pascal_voc")
+    indices = np.zeros((20, 30), np.uint8)
+    indices[:, 10:] = 15
+    indices[0] = 255
+    img = Image.fromarray(indices, mode="P")
+    img.putpalette(LAYOUTS["voc"].palette.ravel().tolist() + [224, 224, 192] * 235)
+    img.save(root / "train_aug/label/a.png")
+    assert np.array_equal(SegDataset(LAYOUTS["voc"], root, root / "train_aug.txt")[0]["label"], indices)
 
 
 # ----------------------------------------------------------------------------- partitions

@@ -235,17 +235,33 @@ def test_val_dataset_and_check_dataset(data_root, tmp_path):
         check_dataset(make_cfg(data_root, num_classes=21))
 
 
-def _jpeg_with_exif_orientation(path, image_bgr, orientation):
-    """Write ``image_bgr`` as a JPEG whose APP1 segment carries the EXIF orientation tag (0x0112)."""
+def _exif_app1(orientation: int | None = None, thumbnail: bytes = b"") -> bytes:
+    """An APP1 EXIF segment: IFD0 with the orientation tag (0x0112) when given, and with a ``thumbnail`` JPEG an
+    IFD1 that points at it (0x0201 offset, 0x0202 length), as cameras and phones write them."""
     import struct
 
+    entries = [struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)] if orientation is not None else []
+    ifd1_at = 8 + 2 + 12 * len(entries) + 4
+    ifd0 = struct.pack(">H", len(entries)) + b"".join(entries) + struct.pack(">I", ifd1_at if thumbnail else 0)
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + ifd0
+    if thumbnail:
+        thumb_at = ifd1_at + 2 + 2 * 12 + 4
+        tiff += (struct.pack(">H", 2) + struct.pack(">HHII", 0x0201, 4, 1, thumb_at)
+                 + struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail)) + b"\x00" * 4 + thumbnail)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _jpeg(image_bgr, app1: bytes = b"") -> bytes:
     ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])
     assert ok
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
-    payload = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     data = encoded.tobytes()
-    path.write_bytes(data[:2] + app1 + data[2:])
+    return data[:2] + app1 + data[2:]
+
+
+def _jpeg_with_exif_orientation(path, image_bgr, orientation):
+    """Write ``image_bgr`` as a JPEG whose APP1 segment carries the EXIF orientation tag (0x0112)."""
+    path.write_bytes(_jpeg(image_bgr, _exif_app1(orientation)))
 
 
 def test_read_image_applies_exif_orientation_as_cv2_imread(tmp_path):
@@ -263,3 +279,23 @@ def test_read_image_applies_exif_orientation_as_cv2_imread(tmp_path):
     upright = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     assert np.array_equal(original, np.rot90(upright, -1))  # clockwise: the top-left block is now top-right
     assert (ours[:8, -3:, 0] > 200).all() and (ours[:8, -3:, 2] < 60).all()
+
+
+def test_a_jpeg_trailer_is_accepted_and_a_cut_jpeg_is_named(tmp_path):
+    """Phones append data after the end-of-image marker: the pixels are those without it. A JPEG cut short is
+    refused by name, also when its EXIF thumbnail (inside APP1) brings an end-of-image marker of its own."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (0, 0), 2)
+    whole = _jpeg(image)
+    plain, trailer = tmp_path / "plain.jpg", tmp_path / "IMG_0001.JPG"
+    plain.write_bytes(whole)
+    trailer.write_bytes(whole + bytes(range(256)) * 8)  # 2 KiB
+    assert np.array_equal(read_image(trailer), read_image(plain))
+    thumbnail = _jpeg(cv2.resize(image, (16, 12)))
+    for name, data in (("half.jpg", whole), ("thumb.jpg", _jpeg(image, _exif_app1(1, thumbnail)))):
+        path = tmp_path / name
+        path.write_bytes(data[: len(data) // 2 + (len(thumbnail) if name == "thumb.jpg" else 0)])
+        with pytest.raises(UserError, match=f"{path}: JPEG image is truncated \\(no end-of-image marker\\); re-copy"):
+            read_image(path)
+    assert cv2.imdecode(np.frombuffer(_jpeg(image, _exif_app1(1, thumbnail)), np.uint8), cv2.IMREAD_COLOR).shape \
+        == (64, 96, 3)  # the EXIF segment is well-formed: the whole file decodes

@@ -59,7 +59,7 @@ def test_check_names_every_bad_file(synthetic_root, tmp_path, capsys):
     write_png(lab / "train_00003.png", np.zeros((33, 32), np.uint8))
     write_png(lab / "train_00004.png", np.full((32, 32), 9, np.uint8))
     write_png(lab / "train_00005.png", np.zeros((32, 32, 3), np.uint8))
-    write_palette_png(lab / "train_00006.png", np.zeros((32, 32)))
+    write_palette_png(lab / "train_00006.png", np.full((32, 32), 8))  # palette indices are the values
     with open(root / "val.txt", "a") as f:
         f.write("val_00099\n")
     (root / "subset_train_aug/train_aug_unlabeled_1-4.txt").write_text("train_00000\tx\n")
@@ -71,7 +71,7 @@ def test_check_names_every_bad_file(synthetic_root, tmp_path, capsys):
         (lab / "train_00003.png", "32x33"),
         (lab / "train_00004.png", "label values {9}"),
         (lab / "train_00005.png", "RGB PNG"),
-        (lab / "train_00006.png", "palette"),
+        (lab / "train_00006.png", "label values {8}"),
         (root / "val/image/val_00099.jpg", "image file not found"),
         (root / "subset_train_aug/train_aug_unlabeled_1-4.txt", ":1:"),
     ]

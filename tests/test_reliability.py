@@ -192,11 +192,11 @@ def corrupt(data, kind):
     if kind == "RGB label":
         _write_label(label, np.zeros((32, 32, 3), np.uint8))
         return label, "RGB PNG"
-    if kind == "palette label":
-        img = Image.fromarray(np.zeros((32, 32), np.uint8), mode="P")
+    if kind == "palette label":  # read as its indices, which are checked like any label's
+        img = Image.fromarray(np.full((32, 32), 9, np.uint8), mode="P")
         img.putpalette([0, 0, 0, 128, 0, 0] * 128)
         img.save(label)
-        return label, "palette"
+        return label, r"label values \{9\} are outside the 7 classes"
     raise AssertionError(kind)
 
 

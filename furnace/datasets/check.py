@@ -18,7 +18,7 @@ from ..utils import UserError, run_cli
 from ._util import DEFAULT_WORKERS, progress_map
 from .dataset import read_image, read_label
 from .layouts import LAYOUTS, DatasetLayout, dataset_dir, folder_layout, layout_of
-from .lists import read_list, require_split_lists
+from .lists import make_splits_command, read_list, require_split_lists
 from .make_splits import DEFAULT_RATIOS
 
 FAST_SAMPLES_PER_LIST = 8
@@ -86,13 +86,17 @@ def check_lists(layout: DatasetLayout, root, specs: list[ListSpec], *, fast: boo
         if fast and keys:
             picks = np.unique(np.linspace(0, len(keys) - 1, min(FAST_SAMPLES_PER_LIST, len(keys))).round().astype(int))
             picked.update(dict.fromkeys(keys[i] for i in picks))
+    restore = "restore it or remove the entry from the list"
+    fix = {"image": restore, "label": restore if layout.name != "folder" else  # a folder image may be unlabeled
+           f"restore it, or write the lists again with `{make_splits_command(layout, root, 0)}` (an image without "
+           f"a label is unlabeled)"}
     missing = set()
     for key, with_label in needs_label.items():
         files = [(key[0], "image")] + ([(key[1], "label")] if with_label else [])
         for path, what in files:
             if not os.path.isfile(path):
                 missing.add(path)
-                report.problems.append(f"{path}: {what} file not found (listed in {origin[key]})")
+                report.problems.append(f"{path}: {what} file not found (listed in {origin[key]}); {fix[what]}")
         report.files_checked += len(files)
     jobs = [(image, label, needs_label[image, label], layout.num_classes, layout.ignore_index)
             for image, label in (picked if fast else needs_label)
@@ -140,6 +144,10 @@ def check_dataset(cfg, fast: bool = True) -> CheckReport:
     if int(cfg.num_classes) != layout.num_classes:
         report.problems.insert(0, f"config: num_classes={cfg.num_classes} but dataset {cfg.dataset!r} has "
                                   f"{layout.num_classes} classes; set num_classes={layout.num_classes}")
+    if len(report.problems) == 1:
+        raise UserError(f"dataset check failed for {root}: {report.problems[0]}. For a full report run "
+                        f"`python -m furnace.datasets.check --dataset {cfg.dataset} --root {root}`; check_data=False "
+                        f"skips this check")
     if report.problems:
         shown = "\n  - ".join(report.problems[:MAX_REPORTED])
         more = f"\n  ... and {len(report.problems) - MAX_REPORTED} more" if len(report.problems) > MAX_REPORTED else ""
@@ -154,12 +162,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m furnace.datasets.check",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("voc", "city", "synthetic", "folder"),
-                        help="folder: your own data (images/, labels/, classes.txt, train.txt, val.txt, splits/)")
+                        help="folder: your own data (images/, labels/, classes.txt, val.txt, splits/)")
     parser.add_argument("--num-classes", type=int, default=None, help="folder: the config's class count")
     parser.add_argument("--ignore-index", type=int, default=255, help="folder: the void label value (default 255)")
     parser.add_argument("--root", required=True, help="dataset folder (e.g. DATA/pascal_voc) or DATA/ itself")
     parser.add_argument("--ratio", type=int, default=None,
-                        help="require the 1/N partition lists (default: check those present for 16, 8, 4, 2)")
+                        help="require the 1/N partition lists, 0: a folder's natural splits/{labeled,unlabeled}.txt "
+                             "(default: check those present of 16, 8, 4, 2 and 0)")
     parser.add_argument("--fast", action="store_true", help="read only a sample of the files (all must exist)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="reader processes (0 = none)")
     args = parser.parse_args(argv)
@@ -170,11 +179,14 @@ def main(argv=None) -> int:
         root = Path(args.root)
         if not (root / layout.train_list).exists() and (root / layout.dir_name / layout.train_list).exists():
             root = root / layout.dir_name
-        specs, pairs = [ListSpec(root / layout.train_list, "train"), ListSpec(root / layout.val_list, "val")], []
-        for r in [args.ratio] if args.ratio else DEFAULT_RATIOS:  # a given ratio's lists must exist
+        folder = args.dataset == "folder"  # its train.txt exists only for simulated partitions
+        specs = [ListSpec(root / layout.train_list, "train", required=not folder),
+                 ListSpec(root / layout.val_list, "val")]
+        pairs, given = [], args.ratio is not None
+        for r in [args.ratio] if given else [*DEFAULT_RATIOS, *([0] if folder else [])]:  # a given ratio's must exist
             if r != 1:
-                pairs.append((ListSpec(root / layout.subset_list("labeled", r), "train", True, bool(args.ratio)),
-                              ListSpec(root / layout.subset_list("unlabeled", r), "train", False, bool(args.ratio))))
+                pairs.append((ListSpec(root / layout.subset_list("labeled", r), "train", True, given),
+                              ListSpec(root / layout.subset_list("unlabeled", r), "train", False, given)))
                 specs += pairs[-1]
         report = check_lists(layout, root, specs, fast=args.fast, workers=args.workers, progress=sys.stderr.isatty(),
                              pairs=pairs)

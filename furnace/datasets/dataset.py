@@ -2,11 +2,13 @@
 problem a user's files can have raises :class:`~furnace.utils.UserError` naming the file when it is read."""
 
 import functools
+import io
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..utils import IGNORE_INDEX, UserError
@@ -14,7 +16,7 @@ from .layouts import DatasetLayout
 from .lists import read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_PNG_COLOR_TYPES = {2: "RGB", 4: "grayscale+alpha", 6: "RGBA"}
 
 
 def _read_bytes(path: Path, what: str) -> np.ndarray:
@@ -36,13 +38,44 @@ def _decode(data: np.ndarray, flags: int):
         return None
 
 
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset just past the first start-of-scan (SOS) header of a JPEG, found by walking its marker segments (so
+    an EXIF thumbnail inside APP1, with its own end-of-image marker, is skipped); None when the headers are cut
+    short before it (or are not JPEG segments)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers carry no length
+            pos += 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            return end if end <= len(data) else None
+        if marker == 0xD9:
+            return None
+        pos = end
+    return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's main image reaches its end-of-image marker: FFD9 after the first SOS (entropy-coded data
+    never holds it). Bytes after the marker (phones append such trailers) are allowed."""
+    start = _jpeg_scan_start(data)
+    return start is not None and data.rfind(b"\xff\xd9", start) >= 0
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)``; UserError naming a missing or broken ``path``."""
+    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)`` reads it (EXIF orientation applied, grayscale,
+    alpha and 16-bit converted); UserError naming a missing, empty, truncated or undecodable ``path``."""
     path = Path(path)
     data = _read_bytes(path, "image")
-    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so require the
-    # end-of-image marker (it only occurs as a marker, never inside the coded data).
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+    # libjpeg decodes a truncated JPEG into a grey-filled image without failing, so require the main image's end
+    if data[:2].tobytes() == b"\xff\xd8" and not _jpeg_complete(data.tobytes()):
         raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
     image = _decode(data, cv2.IMREAD_COLOR)
     if image is None:
@@ -60,26 +93,31 @@ def _invalid_values(num_classes: int, ignore_index: int) -> np.ndarray:
     return table
 
 
+def _palette_indices(data: np.ndarray) -> np.ndarray | None:
+    """(H, W) uint8 palette indices of a palette PNG (cv2 would expand them into colours); None if undecodable."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as img:
+            return np.array(img) if img.mode == "P" else None
+    except (OSError, ValueError, SyntaxError):  # PIL's errors for broken files
+        return None
+
+
 def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """A single-channel 8-bit index PNG as (H, W) uint8, ``ignore_index`` returned as 255; UserError naming ``path``
-    for any other file or a value outside the classes (palette PNGs too: cv2 would expand their colours)."""
+    """An 8-bit index PNG, single-channel or palette (its indices are the values), as (H, W) uint8 with
+    ``ignore_index`` returned as 255; UserError naming ``path`` for any other file or a value outside the classes."""
     path = Path(path)
     data = _read_bytes(path, "label")
     raw = data[:32].tobytes()
     if raw[:8] != _PNG_SIGNATURE or raw[12:16] != b"IHDR":
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
     bit_depth, color_type = raw[24], raw[25]
-    if color_type == 3:
-        raise UserError(f"{path}: label is a palette (colour-mapped) PNG such as VOC's SegmentationClass; its class "
-                        f"indices must be stored as a single-channel index PNG. Convert the dataset with "
-                        f"`python -m furnace.datasets.prepare_voc` (or save the palette indices as a grayscale PNG)")
-    if color_type != 0:
+    if color_type not in (0, 3):
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
         raise UserError(f"{path}: label is a {kind} PNG (a colour visualisation?); labels must be single-channel "
                         f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore")
-    if bit_depth != 8:
+    if color_type == 0 and bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
-    label = _decode(data, cv2.IMREAD_UNCHANGED)
+    label = _palette_indices(data) if color_type == 3 else _decode(data, cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2:
         raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
     if cv2.countNonZero(cv2.LUT(label, _invalid_values(num_classes, ignore_index))):  # fast check, then detail
@@ -89,8 +127,9 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         bad = np.flatnonzero(counts)
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise UserError(f"{path}: label values {{{shown}}} are outside the {num_classes} classes "
-                        f"(0..{num_classes - 1}) and ignore {ignore_index}; is this the right dataset, and are labels "
-                        f"trainIds/index values?")
+                        f"(0..{num_classes - 1}) and ignore {ignore_index}; fix those pixels, or set num_classes / "
+                        f"ignore_index to what the labels hold (is this the right dataset? Cityscapes labels must "
+                        f"be trainIds)")
     if ignore_index != IGNORE_INDEX:  # everything downstream (losses, metrics) knows void as IGNORE_INDEX
         label = np.where(label == ignore_index, np.uint8(IGNORE_INDEX), label)
     return label

@@ -1,6 +1,7 @@
 """Per-dataset layouts: where images, labels and split lists live under ``data_root / dir_name``, how a list
 entry resolves into files, the class names and palette. The lists themselves are read by :mod:`.lists`."""
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ SYNTHETIC_CLASSES, SYNTHETIC_COLORS = zip(*_SYNTHETIC_TABLE)
 
 @dataclass(frozen=True, eq=False)
 class DatasetLayout:
-    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ids | pairs (:mod:`.lists`),
+    """How one dataset is stored under ``data_root / dir_name``: ``list_format`` ids | pairs | stems (:mod:`.lists`),
     ``split_dirs`` where train/val ids resolve, list paths relative to the dataset folder."""
 
     name: str
@@ -151,23 +152,53 @@ def dataset_dir(cfg) -> Path:
 
 # ----------------------------------------------------------------------------- your own data: "folder"
 
-FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # matched in any case
 CLASSES_FILE = "classes.txt"
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(folder: str, mtime_ns: int, exts: tuple) -> dict:
+    names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()
+                   and os.path.splitext(e.name)[1].lower() in exts)
+    stems: dict = {}
+    for name in names:
+        stems.setdefault(os.path.splitext(name)[0], []).append(name)
+    return {stem: tuple(found) for stem, found in stems.items()}
+
+
+def folder_files(folder, exts=FOLDER_IMAGE_EXTS) -> dict[str, tuple[str, ...]]:
+    """``{stem: file names}`` of the files in ``folder`` whose extension, in any case, is one of ``exts`` (hidden
+    files such as macOS ``._x.jpg`` skipped; names sorted); ``{}`` without the folder. Scanned again when the
+    folder's modification time changes."""
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return {}
+    return _scan(str(folder), mtime, tuple(exts))
 
 
 @dataclass(frozen=True, eq=False)
 class FolderLayout(DatasetLayout):
-    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png``, ``classes.txt``, lists of stems."""
+    """A user's dataset: ``images/<stem>.<ext>``, ``labels/<stem>.png`` (extensions in any case), ``classes.txt``;
+    lists of stems (:mod:`.lists` format ``stems``). Its natural partition (labeled_ratio 0) is
+    ``splits/labeled.txt`` (images with a label) and ``splits/unlabeled.txt`` (images without one)."""
+
+    def subset_list(self, kind: str, ratio: int) -> str:
+        if int(ratio) == 0 and kind in ("labeled", "unlabeled"):
+            return f"splits/{kind}.txt"
+        return super().subset_list(kind, ratio)
 
     def resolve(self, entry: str, root, split: str = "train") -> tuple[Path, Path, str]:
-        root = Path(root)
-        if Path(entry).suffix.lower() in FOLDER_IMAGE_EXTS:
-            image, stem = root / "images" / entry, Path(entry).stem
+        images, labels = Path(root) / "images", Path(root) / "labels"
+        found = folder_files(images).get(entry)
+        if found:
+            image, stem = images / found[0], entry
+        elif Path(entry).suffix.lower() in FOLDER_IMAGE_EXTS:  # a list written with file names
+            image, stem = images / entry, Path(entry).stem
         else:
-            stem = entry
-            image = next((root / "images" / f"{entry}{ext}" for ext in FOLDER_IMAGE_EXTS
-                          if (root / "images" / f"{entry}{ext}").is_file()), root / "images" / f"{entry}.jpg")
-        return image, root / "labels" / f"{stem}{self.label_ext}", stem
+            image, stem = images / f"{entry}.*", entry  # no such image: the message names this pattern
+        label = folder_files(labels, (self.label_ext,)).get(stem)
+        return image, labels / (label[0] if label else f"{stem}{self.label_ext}"), stem
 
 
 def read_classes(path) -> tuple[list[str], np.ndarray | None]:
@@ -208,6 +239,6 @@ def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNO
         raise UserError(f"config: ignore_index={ignore_index} must lie in {len(names)}..255 (above every class "
                         f"index of {path}); relabel the void pixels or choose another ignore_index")
     return FolderLayout(name="folder", dir_name="", class_names=tuple(names),
-                        palette=palette if palette is not None else voc_colormap(len(names)), list_format="ids",
+                        palette=palette if palette is not None else voc_colormap(len(names)), list_format="stems",
                         train_list="train.txt", val_list="val.txt", subset_pattern="splits/train_{kind}_1-{ratio}.txt",
                         split_dirs={"train": "", "val": ""}, ignore_index=int(ignore_index))

@@ -1,7 +1,9 @@
 """Split lists: where a config's lists are, reading them strictly, and how to make missing ones.
 
-Formats (SPEC §2): ``ids`` (VOC, synthetic, folder), one bare id per line, resolved by the layout; ``pairs``
-(Cityscapes), ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``, relative to the dataset folder.
+Formats (SPEC §2): ``ids`` (VOC, synthetic), one bare id per line, resolved by the layout; ``pairs``
+(Cityscapes), ``/images/train/x.png<TAB>/segmentation/train/x_gtFine.png``, relative to the dataset folder;
+``stems`` (folder datasets), one file stem of ``images/`` per line, exactly as in the file name (spaces allowed,
+no TAB or slash).
 """
 
 import os
@@ -15,7 +17,8 @@ _LIST_KEYS = ("labeled_list", "unlabeled_list", "val_list")
 
 
 def split_paths(cfg) -> tuple[Path, Path, Path]:
-    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg.labeled_ratio`` or set in ``cfg`` (relative to root)."""
+    """``(labeled_list, unlabeled_list, val_list)`` of ``cfg.labeled_ratio`` or set in ``cfg`` (relative to root);
+    labeled_ratio 0 (folder datasets): the natural partition's lists."""
     layout = layout_of(cfg)
     root = dataset_dir(cfg)
     ratio = int(cfg.labeled_ratio)
@@ -40,14 +43,16 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
             continue
         if cfg.get(key, ""):
             raise UserError(f"{path}: split list not found (config {key}={cfg[key]!r}; relative paths start at {root})")
+        ratio = int(cfg.labeled_ratio)
+        if layout.name == "folder":
+            present = partition_ratios(layout, root)
+            other = f" or set labeled_ratio to {' / '.join(map(str, present))}" if present and ratio == 0 else ""
+            raise UserError(f"{path}: split list not found; write the lists from images/ and labels/ with "
+                            f"`{make_splits_command(layout, root, ratio)}`{other}")
         train_list = root / layout.train_list
-        if not train_list.is_file() and layout.name == "folder":
-            raise UserError(f"{path}: split list not found, nor {train_list}; write the lists from images/ and "
-                            f"labels/ with `{make_splits_command(layout, root, int(cfg.labeled_ratio))}`")
         if not train_list.is_file():
             raise UserError(f"{path}: split list not found, nor the training list {train_list}; set data_root to the "
                             f"folder holding {layout.dir_name}/ (now {cfg.data_root!r}) and see DATA/README.md")
-        ratio = int(cfg.labeled_ratio)
         if key == "val_list" or ratio == 1:
             raise UserError(f"{path}: split list not found; restore it from the dataset's list files")
         present = partition_ratios(layout, root)
@@ -61,9 +66,10 @@ def require_split_lists(cfg, with_val: bool = True) -> tuple[Path, Path, Path]:
 
 
 def make_splits_command(layout: DatasetLayout, root, ratio: int) -> str:
-    """The make_splits command line that writes the 1/``ratio`` partition lists of ``layout`` at ``root``."""
+    """The make_splits command line that writes the 1/``ratio`` partition lists of ``layout`` at ``root`` (0: the
+    natural partition of a folder dataset)."""
     if layout.name == "folder":
-        return f"python -m furnace.datasets.make_splits --folder {root} --ratios {ratio}"
+        return f"python -m furnace.datasets.make_splits --folder {root}" + (f" --ratios {ratio}" if ratio else "")
     return (f"python -m furnace.datasets.make_splits --list {Path(root) / layout.train_list} "
             f"--out {Path(root) / layout.subset_dir} --ratios {ratio}")
 
@@ -98,6 +104,11 @@ def _line_problem(line: str, list_format: str) -> str:
                     "Cityscapes-style list given for a VOC-style dataset?")
         if "/" in line or "\\" in line or line.startswith("."):
             return "expected a bare id (no folder, no extension), e.g. 2007_000032"
+        return ""
+    if list_format == "stems":
+        if "\t" in line or "/" in line or "\\" in line:
+            return ("expected one image file stem of images/ per line (spaces are fine; no TAB, no folder), "
+                    "e.g. IMG_0001 or 'photo 1'")
         return ""
     if list_format == "pairs":
         fields = line.split("\t")
