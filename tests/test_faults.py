@@ -216,7 +216,7 @@ def kill_tree(pid: int) -> None:
 def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_ends_bit_identical(cluster, tmp_path):
     out = tmp_path / "run"
     pick = random.Random()
-    at, victim = pick.randint(2, EPOCHS * ITERS_PER_EPOCH - 4), pick.randint(0, 1)
+    at, victim = pick.randint(2, EPOCHS * ITERS_PER_EPOCH - 5), pick.randint(0, 1)
     # saves by time every ~0.1 s, decided on rank 0: the restart resumes from wherever the last one was
     proc = start(["bash", "script.sh", "save_every_minutes=0.002"], cluster["exp"], run_env(cluster, out))
     try:
@@ -265,7 +265,7 @@ def test_slurm_time_limit_warning_saves_requeues_and_the_requeued_job_resumes_bi
     slurm = dict(SLURM_JOB_ID="4242", SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost",
                  SLURM_SUBMIT_DIR=str(cluster["root"]), SCONTROL_CALLS=str(calls))
     sbatch = ["bash", "tools/slurm_example.sbatch", EXP]
-    at = random.Random().randint(2, EPOCHS * ITERS_PER_EPOCH - 4)
+    at = random.Random().randint(2, EPOCHS * ITERS_PER_EPOCH - 5)
     proc = start(sbatch, cluster["root"], run_env(cluster, out, **slurm))
     try:
         wait_for_iteration(out, at, proc)
@@ -273,7 +273,7 @@ def test_slurm_time_limit_warning_saves_requeues_and_the_requeued_job_resumes_bi
         output = finish(proc, timeout=300)
     finally:
         kill_tree(proc.pid)
-    assert proc.returncode == 128 + signal.SIGUSR1, output[-4000:]
+    assert proc.returncode == 128 + signal.SIGUSR1, f"(signalled after iteration {at})" + output[-4000:]
     assert output.count("received SIG") == 1, output[-4000:]  # USR1 and the launcher's TERM: one stop
     stopped = ckpt.load_training_state(out / "checkpoints" / "latest.pth")["global_iter"]
     assert f"interrupted by SIGUSR1 after iteration {stopped}" in output \
