@@ -71,7 +71,8 @@ _launch_run() {
 # the workers unsupervised; under SLURM the workers get USR1 themselves). Returns the command's status,
 # or 128 + the number of the signal that came.
 _launch_supervised() {
-  local pid="" status got=0
+  local pid="" status got=0 monitor=+m
+  case $- in *m*) monitor=-m ;; esac  # an interactive shell that sourced this file keeps its job control
   trap 'got=$(kill -l TERM); _launch_signal TERM "$pid"' TERM
   trap 'got=$(kill -l INT); _launch_signal INT "$pid"' INT
   trap 'got=$(kill -l HUP); _launch_signal HUP "$pid"' HUP
@@ -79,7 +80,7 @@ _launch_supervised() {
   set -m
   ( trap '' USR1; exec "$@" ) &
   pid=$!
-  set +m
+  set "$monitor"
   [ "$got" = 0 ] || _launch_signal TERM "$pid"  # one came while it started
   while :; do
     wait "$pid" && status=0 || status=$?
