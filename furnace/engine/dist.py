@@ -71,11 +71,23 @@ def setup(device: str = "auto", timeout_s: float = 300) -> tuple[int, int, torch
             # 3: a timed-out collective ends the process, for torchrun to restart (the documented default; a
             # value set in the environment is kept)
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
-        tdist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, rank, world = _attempt_store(timeout)
+        tdist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
                                  **({"device_id": dev} if backend == "nccl" else {}))
         _STATE["owns_group"] = True
         atexit.register(cleanup)
     return get_rank(), get_world_size(), dev
+
+
+def _attempt_store(timeout: datetime.timedelta) -> tuple[Any, int, int]:
+    """``(store, rank, world_size)`` of the ``env://`` rendezvous (the store torchrun's agent serves), the store's
+    keys under this attempt's prefix: torchrun's static rendezvous keeps one store across restarts, and a
+    restarted group reading the addresses the previous attempt left there waits for processes that are gone."""
+    store, rank, world = next(tdist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return tdist.PrefixStore(f"default_pg/attempt-{attempt}", store), rank, world
 
 
 def cleanup() -> None:
