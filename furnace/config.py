@@ -116,8 +116,10 @@ def base_config(exp_file=None) -> EasyDict:
     C.sync_bn_backbone = True  # false: backbone BN per process, as the original's MobileNet-v2 students
     C.compile = False
     C.device = "auto"  # auto | cuda | cpu
+    C.dist_timeout_s = 300  # a collective waiting longer on a peer fails (torchrun then restarts the group)
     # checkpoints and logging
     C.save_every_iters = 0  # also refresh latest.pth every N iterations (0 = once per epoch)
+    C.save_every_minutes = 5.0  # ... and once this much time passed since the last save (0 = off)
     C.snapshot_last = 14  # keep epoch-<e>.pth for the last N epochs ...
     C.snapshot_every = 0  # ... and every N-th epoch (0 = none)
     C.log_every = 20
@@ -317,6 +319,12 @@ def _check_values(C) -> None:
     if C.labeled_ratio < 0 or (C.labeled_ratio == 0 and C.dataset != "folder"):
         raise UserError(f"config: labeled_ratio={C.labeled_ratio!r} must be >= 1 (1/N of the data is labeled), or 0 "
                         f"for a folder dataset (the images that have a label are the labeled ones)")
+    if C.save_every_minutes < 0 or C.save_every_iters < 0:
+        raise UserError(f"config: save_every_minutes={C.save_every_minutes!r} and save_every_iters="
+                        f"{C.save_every_iters!r} must not be negative (0 turns the rule off)")
+    if not C.dist_timeout_s > 0:
+        raise UserError(f"config: dist_timeout_s={C.dist_timeout_s!r} must be positive (seconds a process waits "
+                        "for the others in a collective)")
     if C.train_iters < 0 or C.epochs < 0:
         raise UserError(f"config: train_iters={C.train_iters!r} and epochs={C.epochs!r} must not be negative")
     if C.output_stride not in (8, 16, 32):

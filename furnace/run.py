@@ -29,7 +29,7 @@ def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) 
     if cfg.check_data:
         check_dataset(cfg)
     resume_path = ckpt.find_resume(cfg, resume)
-    rank, world, device = dist.setup(cfg.device)
+    rank, world, device = dist.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
     if resume == "auto" and resume_path is None and dist.is_main():
         print(f"--resume auto: no {ckpt.latest_path(cfg)} yet, starting fresh", flush=True)
     if method is None:
@@ -46,7 +46,7 @@ def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) 
 
 def train_main(config, argv=None, **parts) -> dict:
     """``train.py``: parse ``argv``, prepare ``config`` for this run's process count, :func:`train` (with ``parts``).
-    Returns its result; exits 128 + signal number when SIGTERM/SIGINT interrupted the run."""
+    Returns its result; exits 128 + signal number when SIGTERM/SIGINT/SIGUSR1 interrupted the run."""
     p = parser("Train the experiment described by config.py.")
     p.add_argument("--resume", default="", metavar="auto|PATH",
                    help="continue from output_dir/checkpoints/latest.pth ('auto') or from a latest.pth file")
@@ -72,7 +72,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         args = p.parse_intermixed_args(argv)
         # prepared for one process: evaluation shards the val list, it never splits global_batch
         cfg = prepare(config, args.overrides, env=os.environ)
-        _rank, world, device = dist.setup(cfg.device)
+        _rank, world, device = dist.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
         if val_dataset is None:
             val_dataset = build_val_dataset(cfg)

@@ -104,3 +104,45 @@ def test_sigterm_saves_latest_and_the_run_resumes(tmp_path, toy_snapshot_io):
     res = train(cfg, method=method, loader=loader, val_dataset=val, resume="auto")
     assert res["status"] == "finished" and res["global_iter"] == stopped + 2
     assert f"resumed from {out / 'checkpoints' / 'latest.pth'}" in (out / "log.txt").read_text()
+
+
+# a worker of two attempts: the first joins, reduces, and rank 1 fails; in the restart rank 0 comes late
+RESTARTED_WORKER = """import os, sys, time
+from pathlib import Path
+
+import torch
+
+from furnace.engine import dist
+
+attempt, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
+if attempt == 1 and rank == 0:
+    time.sleep(3)
+dist.setup("cpu", timeout_s=20)
+total = dist.all_reduce_sum(torch.ones(1)).item()
+if attempt == 0:
+    if rank == 1:
+        os._exit(1)  # torchrun restarts the group
+    time.sleep(120)  # stopped by torchrun
+Path(sys.argv[1], f"attempt{attempt}.rank{rank}").write_text(str(total))
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_group_joins_without_the_previous_attempts_leftovers(tmp_path):
+    # torchrun's static rendezvous keeps its store across restarts: the restarted rank 1 must wait for the
+    # new rank 0's address, not connect to the one the first attempt's rank 0 left there
+    worker = tmp_path / "worker.py"
+    worker.write_text(RESTARTED_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
+           "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [(tmp_path / f"attempt1.rank{r}").read_text() for r in (0, 1)] == ["2.0", "2.0"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

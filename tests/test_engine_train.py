@@ -187,3 +187,25 @@ def test_a_budget_in_iterations_sets_the_schedule_and_the_epochs_it_takes(tmp_pa
     assert "4 iterations/epoch x train_iters 6 (2 epochs) iterations" in log
     assert f"epoch 2/2 it 6/6 lr {poly_lr(0.1, 5, 6):.3e}" in log  # the schedule spans the 6 iterations
     assert (tmp_path / "checkpoints" / "epoch-2.pth").is_file() and not (tmp_path / "checkpoints" / "epoch-3.pth").exists()
+
+
+def test_save_every_minutes_refreshes_latest_without_changing_the_run(tmp_path, monkeypatch):
+    saved = []
+    write = ckpt.save_training_state
+    monkeypatch.setattr(ckpt, "save_training_state", lambda path, **kw: (saved.append(kw["global_iter"]),
+                                                                          write(path, **kw)))
+    # 2 epochs of 4 iterations: by epoch only, then with a save due at every iteration (any time has passed)
+    _, by_epoch = run(toy_config(tmp_path / "a", save_every_minutes=0), dropout=0.2)
+    assert saved == [4, 8]
+    saved.clear()
+    _, by_time = run(toy_config(tmp_path / "b", save_every_minutes=1e-9), dropout=0.2)
+    assert saved == [1, 2, 3, 4, 5, 6, 7, 8]
+    a, b = _state(by_epoch), _state(by_time)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # saving draws nothing and changes nothing
+
+
+def test_save_and_timeout_settings_are_checked(tmp_path):
+    with pytest.raises(UserError, match="save_every_minutes=-1.0 .* must not be negative"):
+        toy_config(tmp_path, save_every_minutes=-1.0)
+    with pytest.raises(UserError, match="dist_timeout_s=0 must be positive"):
+        toy_config(tmp_path, dist_timeout_s=0)

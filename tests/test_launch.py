@@ -4,8 +4,11 @@ printed with DRY_RUN=1; DIST_BACKEND in the process-group setup."""
 
 import os
 import shlex
+import signal
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(REPO.glob("exp.*/*/script.sh"))
 VOC = REPO / "exp.voc/voc8.resnet18_deeplabv3plus/script.sh"
 SYNTHETIC = REPO / "exp.synthetic/syn8.resnet18_cps/script.sh"
-_LAUNCH_VARS = ("NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DIST_BACKEND", "TORCHRUN")
+_LAUNCH_VARS = ("NGPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DIST_BACKEND", "TORCHRUN", "MAX_RESTARTS")
 
 
 def _env(tmp_path, **extra):
@@ -72,11 +75,18 @@ def test_single_machine_default(tmp_path):
     train, evaluate = _commands(VOC, _env(tmp_path), "labeled_ratio=16")
     opts, rest = _opts(train)
     assert opts == {"--nnodes": "1", "--node_rank": "0", "--nproc_per_node": "1", "--master_addr": "127.0.0.1",
-                    "--master_port": "29500"}
+                    "--master_port": "29500", "--max-restarts": "3"}
     assert rest == ["train.py", "--resume", "auto", "labeled_ratio=16"]
     opts, rest = _opts(evaluate)
-    assert opts["--nnodes"] == "1" and opts["--nproc_per_node"] == "1"
+    assert opts["--nnodes"] == "1" and opts["--nproc_per_node"] == "1" and "--max-restarts" not in opts
     assert rest == ["eval.py", "-e", "all", "labeled_ratio=16"]
+
+
+def test_max_restarts_sets_torchruns_restarts_of_training(tmp_path):
+    train, _ = _commands(VOC, _env(tmp_path, MAX_RESTARTS="0"))
+    assert _opts(train)[0]["--max-restarts"] == "0"  # today's behaviour: one failure ends the run
+    train, _ = _commands(VOC, _env(tmp_path, MAX_RESTARTS="10"))
+    assert _opts(train)[0]["--max-restarts"] == "10"
 
 
 def test_several_machines_by_hand(tmp_path):
@@ -85,7 +95,7 @@ def test_several_machines_by_hand(tmp_path):
     assert len(cmds) == 1  # only node 0 evaluates
     opts, _ = _opts(cmds[0])
     assert opts == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "8", "--master_addr": "host0",
-                    "--master_port": "29600"}
+                    "--master_port": "29600", "--max-restarts": "3"}
 
 
 def test_inside_a_slurm_allocation(tmp_path, stub_scontrol):
@@ -95,7 +105,7 @@ def test_inside_a_slurm_allocation(tmp_path, stub_scontrol):
     assert len(cmds) == 1
     opts, rest = _opts(cmds[0])
     assert opts == {"--nnodes": "2", "--node_rank": "1", "--nproc_per_node": "4", "--master_addr": "gpu07",
-                    "--master_port": str(20000 + 123456 % 20000)}
+                    "--master_port": str(20000 + 123456 % 20000), "--max-restarts": "3"}
     assert rest[0] == "train.py"
     assert (tmp_path / "scontrol.calls").read_text().split() == ["show", "hostnames", "gpu[07-08]"]
     # node 0 of the same job trains with the same rendezvous, then evaluates on its own
@@ -125,6 +135,7 @@ def test_single_node_slurm_job_needs_no_scontrol(tmp_path):
      "scontrol not found"),
     (dict(NNODES="2", NODE_RANK="2"), "NODE_RANK=2 is not below NNODES=2"),
     (dict(NGPUS="eight"), "must be integers"),
+    (dict(MAX_RESTARTS="-1"), "MAX_RESTARTS=-1 must be integers"),
     (dict(DIST_BACKEND="mpi"), "DIST_BACKEND=mpi is not nccl or gloo"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, bad, message):
@@ -136,6 +147,9 @@ def test_slurm_example_runs_the_script_once_per_node():
     text = (REPO / "tools/slurm_example.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=1" in text
     assert 'srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash "$EXPERIMENT/script.sh" "$@"' in text
+    # the warning before the time limit goes to the batch script alone (B:), which may requeue the job
+    assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --requeue" in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
     proc = subprocess.run(["bash", "-n", str(REPO / "tools/slurm_example.sbatch")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -156,3 +170,75 @@ def test_dist_backend_override(monkeypatch):
         _backend(cpu)
     monkeypatch.setenv("DIST_BACKEND", "")
     assert _backend(cpu) == "gloo"
+
+
+# ----------------------------------------------------------------------------- signals
+
+# Stand-in for torchrun: like it, TERM, INT and HUP stop it (it then waits for its workers to save and exit)
+# and USR1 is not handled (its default action would kill it). It records what it gets.
+FAKE_TORCHRUN = """\
+import os, signal, sys, time
+from pathlib import Path
+
+record = Path(os.environ["FAKE_TORCHRUN_RECORD"])
+
+
+def note(text):
+    with record.open("a") as f:
+        f.write(text + "\\n")
+
+
+got = []
+
+
+def handle(signum, frame):
+    note(signal.Signals(signum).name)
+    got.append(signum)
+
+
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, handle)
+note(f"started {os.getpid()} {os.getpgrp()} " + next(a for a in sys.argv[1:] if a.endswith(".py")))
+deadline = time.time() + 20
+while not got and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)  # the workers finish their iteration and save: a second signal would show here
+note("exit")
+sys.exit(1 if got else 0)
+"""
+
+
+@pytest.mark.parametrize("how", ["TERM to the script", "USR1 to every process (SLURM)", "Ctrl-C (INT to the group)"])
+def test_a_signal_reaches_torchrun_once_and_the_script_stops_after_it(tmp_path, how):
+    record = tmp_path / "record"
+    fake = tmp_path / "fake_torchrun.py"
+    fake.write_text(FAKE_TORCHRUN)
+    env = _env(tmp_path, TORCHRUN=f"{sys.executable} {fake}", FAKE_TORCHRUN_RECORD=str(record))
+    del env["DRY_RUN"]
+    proc = subprocess.Popen(["bash", str(SYNTHETIC)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not (record.is_file() and record.read_text().endswith("\n")):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        _, pid, pgid, script = record.read_text().split()
+        assert script == "train.py" and int(pgid) != os.getpgid(proc.pid)  # its own process group
+        if how == "TERM to the script":
+            os.kill(proc.pid, signal.SIGTERM)
+            expected = "TERM", 128 + signal.SIGTERM
+        elif how == "USR1 to every process (SLURM)":  # as slurmstepd signals every process of a step
+            os.kill(proc.pid, signal.SIGUSR1)
+            os.kill(int(pid), signal.SIGUSR1)
+            expected = "TERM", 128 + signal.SIGUSR1
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            expected = "INT", 128 + signal.SIGINT
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = record.read_text().splitlines()
+    # one signal reached torchrun, the script waited for it to end, and evaluation did not start
+    assert lines[1:] == [f"SIG{expected[0]}", "exit"], (lines, output)
+    assert proc.returncode == expected[1], output

@@ -616,14 +616,42 @@ class _DiskFillsFor:
         return file
 
 
+class _FolderIsReadOnly:
+    """Stand-in for ``tempfile.mkstemp``: the temporary file of a checkpoint whose name starts with ``prefix``
+    cannot be created (a read-only folder; tests run as root, which chmod does not stop)."""
+
+    def __init__(self, prefix):
+        self.prefix, self.failed, self.mkstemp = prefix, [], furnace_utils.tempfile.mkstemp
+
+    def __call__(self, *args, prefix=None, **kwargs):
+        if prefix and prefix.startswith(self.prefix):
+            self.failed.append(prefix)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return self.mkstemp(*args, prefix=prefix, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pristine, tmp_path_factory):
+    """The network at the end of the experiment (one epoch) run in one go."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train_main(tiny_config(pristine["data"], out), [])
+    return ckpt.load_training_state(out / "checkpoints" / "latest.pth")["method"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see which file a write goes to")
+@pytest.mark.parametrize("failure", ["full disk", "read-only folder"])
 @pytest.mark.parametrize("which", ["latest", "snapshot"])
-def test_full_disk_during_a_checkpoint_write_keeps_the_previous_file_and_names_it(workspace, capsys, monkeypatch,
-                                                                                    which):
+def test_failed_checkpoint_write_keeps_the_previous_file_names_it_and_resume_ends_the_same(
+        workspace, uninterrupted, capsys, monkeypatch, which, failure):
     data, out, before = workspace
     ck = out / "checkpoints"
-    disk = _DiskFillsFor(".latest.pth." if which == "latest" else ".epoch-")
-    monkeypatch.setattr(furnace_utils, "os", disk)
+    prefix = ".latest.pth." if which == "latest" else ".epoch-"
+    if failure == "full disk":
+        disk = _DiskFillsFor(prefix)
+        monkeypatch.setattr(furnace_utils, "os", disk)
+    else:
+        disk = _FolderIsReadOnly(prefix)
+        monkeypatch.setattr(furnace_utils.tempfile, "mkstemp", disk)
     # latest: iteration 3 saves latest.pth (save_every_iters=1); snapshot: the epoch end saves
     # latest.pth (fine) and then epoch-1.pth
     argv = ["--resume", "auto"] + (["max_iters=3", "save_every_iters=1"] if which == "latest" else [])
@@ -631,7 +659,8 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_file_and_names_i
     monkeypatch.undo()
     assert disk.failed, "no write was made to fail"
     target = ck / ("latest.pth" if which == "latest" else "epoch-1.pth")
-    assert err.startswith(f"error: {target}: writing the ") and "[Errno 28] No space left on device" in err, err
+    cause = "[Errno 28] No space left on device" if failure == "full disk" else "[Errno 30] Read-only file system"
+    assert err.startswith(f"error: {target}: writing the ") and cause in err, err
     assert "unchanged" in err and "--resume auto" in err
     if which == "latest":
         assert_kept(out, before)
@@ -640,6 +669,13 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_file_and_names_i
         load_segmentor(ck / "epoch-1.pth")
         assert ckpt.load_training_state(ck / "latest.pth")["global_iter"] == 5  # written before the snapshot
         assert not list(ck.glob("*.tmp"))
+
+    # once the disk has room again, --resume auto ends with the network of a run that never failed
+    result = train_main(tiny_config(data, out), ["--resume", "auto"])
+    assert result["status"] == "finished" and result["global_iter"] == 5
+    final = ckpt.load_training_state(ck / "latest.pth")["method"]
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in uninterrupted)
+    load_segmentor(ck / "epoch-1.pth")
 
 
 @pytest.mark.timeout(120, method="thread")  # before the fix a dead TensorBoard writer thread blocked training forever

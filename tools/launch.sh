@@ -12,8 +12,14 @@
 #                SLURM_NNODES, SLURM_NODEID, the first host of SLURM_JOB_NODELIST
 #                (`scontrol show hostnames`) and a port derived from the job id
 #   DIST_BACKEND nccl | gloo: overrides the process-group backend (default nccl on CUDA, gloo on CPU)
+#   MAX_RESTARTS times torchrun restarts the training processes after one fails (a crashed rank, a peer
+#                that stopped answering); each restart resumes from latest.pth. Default 3; 0: never
 #   DRY_RUN=1    print each command instead of running it
 #   TORCHRUN     the torchrun command (default: torchrun)
+#
+# Signals: TERM, INT and HUP to this shell reach torchrun once (it forwards them to its workers, which save
+# latest.pth and exit; torchrun stopped by a signal never restarts them); USR1 (SLURM's warning before the
+# time limit) is sent on as TERM. A launch that was signalled returns 128 + the signal's number.
 
 _launch_fail() { echo "launch.sh: $*" >&2; exit 2; }
 
@@ -42,7 +48,8 @@ _launch_defaults() {
   NODE_RANK="${NODE_RANK:-0}"
   MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
   MASTER_PORT="${MASTER_PORT:-29500}"
-  case "$NNODES$NODE_RANK$NGPUS$MASTER_PORT" in *[!0-9]*) _launch_fail "NNODES=$NNODES NODE_RANK=$NODE_RANK NGPUS=$NGPUS MASTER_PORT=$MASTER_PORT must be integers";; esac
+  MAX_RESTARTS="${MAX_RESTARTS:-3}"
+  case "$NNODES$NODE_RANK$NGPUS$MASTER_PORT$MAX_RESTARTS" in *[!0-9]*) _launch_fail "NNODES=$NNODES NODE_RANK=$NODE_RANK NGPUS=$NGPUS MASTER_PORT=$MASTER_PORT MAX_RESTARTS=$MAX_RESTARTS must be integers";; esac
   [ "$NODE_RANK" -lt "$NNODES" ] || _launch_fail "NODE_RANK=$NODE_RANK is not below NNODES=$NNODES"
   case "${DIST_BACKEND:-}" in ""|nccl|gloo) ;; *) _launch_fail "DIST_BACKEND=$DIST_BACKEND is not nccl or gloo";; esac
   export DIST_BACKEND="${DIST_BACKEND:-}"
@@ -53,15 +60,44 @@ _launch_run() {
     printf '%q ' "$@" | sed 's/ $//'
     echo
   else
-    "$@"
+    _launch_supervised "$@"
   fi
 }
 
-# torchrun over every node of the job (this node's share)
+# Run the command (torchrun) and wait for it, passing a signal this shell gets on to it exactly once.
+# It runs in the background (bash runs a trap only once its foreground command has ended), in its own
+# process group (a Ctrl-C or a kill of this shell's group reaches this shell alone, not torchrun twice)
+# and with USR1 ignored (torchrun does not handle it: its default action would kill torchrun, leaving
+# the workers unsupervised; under SLURM the workers get USR1 themselves). Returns the command's status,
+# or 128 + the number of the signal that came.
+_launch_supervised() {
+  local pid="" status got=0 monitor=+m
+  case $- in *m*) monitor=-m ;; esac  # an interactive shell that sourced this file keeps its job control
+  trap 'got=$(kill -l TERM); _launch_signal TERM "$pid"' TERM
+  trap 'got=$(kill -l INT); _launch_signal INT "$pid"' INT
+  trap 'got=$(kill -l HUP); _launch_signal HUP "$pid"' HUP
+  trap 'got=$(kill -l USR1); _launch_signal TERM "$pid"' USR1
+  set -m
+  ( trap '' USR1; exec "$@" ) &
+  pid=$!
+  set "$monitor"
+  [ "$got" = 0 ] || _launch_signal TERM "$pid"  # one came while it started
+  while :; do
+    wait "$pid" && status=0 || status=$?
+    kill -0 "$pid" 2>/dev/null || break  # still running: a trap ended the wait
+  done
+  trap - TERM INT HUP USR1
+  [ "$got" = 0 ] || status=$((128 + got))
+  return "$status"
+}
+
+_launch_signal() { [ -z "$2" ] || kill -"$1" "$2" 2>/dev/null || true; }
+
+# torchrun over every node of the job (this node's share), restarting its workers after a failure
 launch() {
   _launch_defaults
   _launch_run ${TORCHRUN:-torchrun} --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NGPUS" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "$@"
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --max-restarts "$MAX_RESTARTS" "$@"
 }
 
 # torchrun on this node only (evaluation after training, on the same port: training has ended)

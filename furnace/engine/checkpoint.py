@@ -1,6 +1,7 @@
-"""A run's files in ``<output_dir>/checkpoints/``: ``latest.pth`` (the full training state, rewritten every epoch
-and ``save_every_iters``), ``epoch-<e>.pth`` (segmentor file of ``method.eval_network()`` after 1-based epoch e)
-and ``eval_results.json`` (val metrics per snapshot, from the run's final evaluation and every eval.py)."""
+"""A run's files in ``<output_dir>/checkpoints/``: ``latest.pth`` (the full training state, rewritten every epoch,
+``save_every_minutes`` and ``save_every_iters``), ``epoch-<e>.pth`` (segmentor file of ``method.eval_network()``
+after 1-based epoch e) and ``eval_results.json`` (val metrics per snapshot, from the run's final evaluation and
+every eval.py)."""
 import contextlib
 import json
 import math

@@ -2,6 +2,7 @@
 or alone, where every helper degrades to the single-process behaviour: callers never branch on it."""
 import atexit
 import contextlib
+import datetime
 import os
 import signal
 import sys
@@ -54,18 +55,37 @@ def _backend(dev: torch.device) -> str:
     return chosen or ("nccl" if dev.type == "cuda" else "gloo")
 
 
-def setup(device: str = "auto") -> tuple[int, int, torch.device]:
-    """Join the process group ``torchrun`` describes (idempotent), pick the device: ``(rank, world_size, device)``."""
+def setup(device: str = "auto", timeout_s: float = 300) -> tuple[int, int, torch.device]:
+    """Join the process group ``torchrun`` describes (idempotent), pick the device: ``(rank, world_size, device)``.
+    A collective that waits ``timeout_s`` seconds for a peer (``dist_timeout_s``) fails instead of hanging: gloo
+    raises, NCCL's watchdog tears the process down; either way torchrun sees the failure and can restart."""
     world = env_world_size()
     dev = resolve_device(device, _env_int("LOCAL_RANK", 0))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         backend = _backend(dev)
-        tdist.init_process_group(backend, init_method="env://", **({"device_id": dev} if backend == "nccl" else {}))
+        if backend == "nccl":
+            # 3: a timed-out collective ends the process, for torchrun to restart (the documented default; a
+            # value set in the environment is kept)
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, rank, world = _attempt_store(timeout)
+        tdist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
+                                 **({"device_id": dev} if backend == "nccl" else {}))
         _STATE["owns_group"] = True
         atexit.register(cleanup)
     return get_rank(), get_world_size(), dev
+
+
+def _attempt_store(timeout: datetime.timedelta) -> tuple[Any, int, int]:
+    """``(store, rank, world_size)`` of the ``env://`` rendezvous (the store torchrun's agent serves), the store's
+    keys under this attempt's prefix: torchrun's static rendezvous keeps one store across restarts, and a
+    restarted group reading the addresses the previous attempt left there waits for processes that are gone."""
+    store, rank, world = next(tdist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return tdist.PrefixStore(f"default_pg/attempt-{attempt}", store), rank, world
 
 
 def cleanup() -> None:
@@ -188,9 +208,12 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 class StopRequest:
-    """SIGTERM / SIGINT handler for a ``with`` block: the first signal sets ``requested`` (the loop saves and
-    exits); the same signal ``ABORT_AFTER_S`` or more later raises KeyboardInterrupt. Other repeats are
-    ignored: Ctrl-C on ``torchrun`` reaches each worker twice, and that must not skip the save."""
+    """SIGTERM / SIGINT / SIGUSR1 handler for a ``with`` block: the first signal sets ``requested`` (the loop
+    saves and exits); the same signal ``ABORT_AFTER_S`` or more later raises KeyboardInterrupt. Other repeats
+    are ignored: Ctrl-C on ``torchrun`` reaches each worker twice, and SLURM's warning signal (USR1) is
+    followed by the launcher's TERM; neither must skip the save."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # USR1: SLURM's warning before the time limit
 
     ABORT_AFTER_S = 1.0
 
@@ -211,7 +234,7 @@ class StopRequest:
                   "checkpoints/latest.pth (send it again to abort without saving)", file=sys.stderr, flush=True)
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in self.SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread: signals cannot be caught here
                 self._previous[s] = signal.signal(s, self._handle)
         return self

@@ -26,13 +26,15 @@ from .rng import get_rng_state, preserved_cpu_rng, seed_everything, set_rng_stat
 
 # config keys whose change on resume is routine (not worth a note in the log)
 _ROUTINE_KEYS = {"max_iters", "output_dir", "data_root", "weight_dir", "num_workers", "log_every", "tb_images_every",
-                 "save_every_iters", "device", "check_data", "eval_every_epochs", "exp_name", "exp_dir"}
+                 "save_every_iters", "save_every_minutes", "dist_timeout_s", "device", "check_data",
+                 "eval_every_epochs", "exp_name", "exp_dir"}
 
 
 def train(cfg, *, method, loader, val_dataset, device, resume_path=None) -> dict:
     """Train ``method`` on this process's ``loader`` share with the prepared ``cfg``, on the ``device`` of
     :func:`furnace.engine.dist.setup`; every torchrun process calls it. ``resume_path``: a ``latest.pth``, or None.
-    Writes ``checkpoints/``, ``log.txt`` and ``tb/``; SIGTERM/SIGINT finish the iteration and save ``latest.pth``.
+    Writes ``checkpoints/``, ``log.txt`` and ``tb/``; SIGTERM/SIGINT/SIGUSR1 finish the iteration and save
+    ``latest.pth``.
     Returns ``dict(status="finished"|"interrupted", epoch, global_iter, total_iters, eval, miou, latest,
     output_dir, signal)``; ``eval`` is the final evaluation, None when interrupted."""
     log = TrainLogger(cfg.output_dir, enabled=dist.is_main(), log_every=cfg.log_every)
@@ -54,6 +56,7 @@ class LoopState:
     it_in_epoch: int = 0  # iterations of it done
     global_iter: int = 0  # optimizer steps done = the LR-schedule position
     last_saved: int | None = None  # global_iter of this session's last latest.pth
+    saved_at: float = 0.0  # time.monotonic() of that save (or of the session's start)
     snapshots: set = field(default_factory=set)  # epoch labels snapshotted in this session
     result: dict | None = None  # the latest evaluation
     eval_at: int = -1  # global_iter of that evaluation
@@ -156,8 +159,8 @@ class _Loop:
             state.epoch, state.it_in_epoch = state.epoch + 1, 0
 
     def run(self, state: LoopState) -> None:
-        """Epochs until ``stop_at`` or a stop request (SIGTERM/SIGINT on any process)."""
-        state.started = time.time()
+        """Epochs until ``stop_at`` or a stop request (SIGTERM/SIGINT/SIGUSR1 on any process)."""
+        state.started, state.saved_at = time.time(), time.monotonic()
         self.log.start_bar()
         with dist.StopRequest(announce=dist.is_main()) as stop:
             while state.global_iter < self.stop_at and not state.stopped_by:
@@ -170,7 +173,7 @@ class _Loop:
         with preserved_cpu_rng():
             batches = iter(self.loader.epoch(state.epoch, state.it_in_epoch))
         while state.it_in_epoch < self.ipe and state.global_iter < self.stop_at:
-            stop_any = self.iteration(state, batches, stop)
+            stop_any, save_due = self.iteration(state, batches, stop)
             epoch_done = state.it_in_epoch == self.ipe
             if epoch_done:
                 state.epoch, state.it_in_epoch = state.epoch + 1, 0
@@ -180,21 +183,24 @@ class _Loop:
                 if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
                     self.evaluate(state)
             elif (cfg.save_every_iters > 0 and state.global_iter % cfg.save_every_iters == 0) \
-                    or state.global_iter == self.stop_at or stop_any:
+                    or state.global_iter == self.stop_at or stop_any or save_due:
                 self.save_latest(state)
             if stop_any:  # the one interrupt path: the state is saved by now
                 state.stopped_by = stop.signum or int(signal.SIGTERM)
             if epoch_done or stop_any:
                 return
 
-    def iteration(self, state: LoopState, batches, stop) -> bool:
-        """One optimizer step; True when any process was asked to stop."""
+    def iteration(self, state: LoopState, batches, stop) -> tuple[bool, bool]:
+        """One optimizer step; ``(stop_any, save_due)``: whether any process was asked to stop, and whether
+        ``save_every_minutes`` passed since the last save (rank 0's clock, so that every rank saves here)."""
         cfg = self.cfg
         lr = poly_lr(cfg.lr, state.global_iter, self.total, cfg.lr_power, cfg.warmup_iters)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        mean, stop_any, batch = self.forward_backward(batches, stop)
+        minutes = cfg.save_every_minutes
+        due_here = dist.is_main() and minutes > 0 and time.monotonic() - state.saved_at >= 60 * minutes
+        mean, stop_any, save_due, batch = self.forward_backward(batches, stop, due_here)
         bad = [k for k, v in mean.items() if not math.isfinite(v)]
         if bad:
             kept = (f"{ckpt.latest_path(cfg)} keeps the state after iteration {state.last_saved}"
@@ -212,12 +218,12 @@ class _Loop:
         self.log.iteration(state.global_iter, state.epoch, self.epochs, mean, lr, ips)
         if cfg.tb_images_every > 0 and state.global_iter % cfg.tb_images_every == 0 and dist.is_main():
             self.log_predictions(batch, state.global_iter)
-        return stop_any
+        return stop_any, save_due
 
-    def forward_backward(self, batches, stop) -> tuple[dict, bool, dict]:
+    def forward_backward(self, batches, stop, save_wanted: bool = False) -> tuple[dict, bool, bool, dict]:
         """Gradients of ``accum`` micro-batches, DDP synchronising only on the last. Returns ``(mean, stop_any,
-        last_batch)``: each loss term averaged over micro-batches and processes, in one collective that also
-        tells every process whether any was asked to stop."""
+        save_any, last_batch)``: each loss term averaged over micro-batches and processes, in one collective that
+        also tells every process whether any was asked to stop and whether any has a save due."""
         sums: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
             with preserved_cpu_rng():
@@ -235,16 +241,16 @@ class _Loop:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / self.accum
         # the stop flag is read as late as possible: a signal during this iteration stops after it
-        flag = torch.tensor(float(stop.requested), device=self.device)
-        values = dist.all_reduce_sum(torch.stack([*sums.values(), flag])).tolist()
-        return {k: v / self.world for k, v in zip(sums, values)}, values[-1] > 0, batch
+        flags = torch.tensor([float(stop.requested), float(save_wanted)], device=self.device)
+        values = dist.all_reduce_sum(torch.stack([*sums.values(), *flags])).tolist()
+        return {k: v / self.world for k, v in zip(sums, values)}, values[-2] > 0, values[-1] > 0, batch
 
     def save_latest(self, state: LoopState) -> None:
         rng = dist.all_gather_object(get_rng_state())
         dist.run_on_main(lambda: ckpt.save_training_state(
             ckpt.latest_path(self.cfg), method=self.method, optimizer=self.optimizer, scaler=self.scaler,
             epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng, cfg=self.cfg))
-        state.last_saved = state.global_iter
+        state.last_saved, state.saved_at = state.global_iter, time.monotonic()
 
     def save_snapshot(self, state: LoopState, label: int) -> None:
         net = self.method.eval_network()
