@@ -118,8 +118,8 @@ def base_config(exp_file=None) -> EasyDict:
     C.device = "auto"  # auto | cuda | cpu
     C.dist_timeout_s = 300  # a collective waiting longer on a peer fails (torchrun then restarts the group)
     # checkpoints and logging
-    C.save_every_iters = 0  # also refresh latest.pth every N iterations (0 = once per epoch)
-    C.save_every_minutes = 5.0  # ... and once this much time passed since the last save (0 = off)
+    C.save_every_minutes = 5.0  # refresh latest.pth once this long passed since the last save (0: every epoch)
+    C.save_every_iters = 0  # ... and every N iterations (0 = off); always at the end and on a stop signal
     C.snapshot_last = 14  # keep epoch-<e>.pth for the last N epochs ...
     C.snapshot_every = 0  # ... and every N-th epoch (0 = none)
     C.log_every = 20

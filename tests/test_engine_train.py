@@ -209,3 +209,13 @@ def test_save_and_timeout_settings_are_checked(tmp_path):
         toy_config(tmp_path, save_every_minutes=-1.0)
     with pytest.raises(UserError, match="dist_timeout_s=0 must be positive"):
         toy_config(tmp_path, dist_timeout_s=0)
+
+
+@pytest.mark.parametrize("minutes,saves", [(5.0, 1), (0.0, 3)])
+def test_latest_is_written_by_the_time_rule_not_at_every_short_epoch(tmp_path, monkeypatch, minutes, saves):
+    written = []
+    real = ckpt.save_training_state
+    monkeypatch.setattr(ckpt, "save_training_state", lambda path, **kw: (written.append(kw["global_iter"]),
+                                                                          real(path, **kw)))
+    res, _ = run(toy_config(tmp_path, epochs=3, save_every_minutes=minutes))  # 4 iterations per epoch
+    assert res["global_iter"] == 12 and written == ([12] if saves == 1 else [4, 8, 12])
