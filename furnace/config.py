@@ -24,14 +24,13 @@ from typing import Any, Iterable
 
 from easydict import EasyDict
 
+from .runtime.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - their home is the torch-free runtime
 from .utils import IGNORE_INDEX, UserError
 
 ARCHS = ("resnet18", "mobilenetv2", "resnet101", "wrn50_2")
 DEFAULT_OUTPUT_STRIDE = {"resnet18": 16, "mobilenetv2": 32, "resnet101": 16, "wrn50_2": 16}  # the reference's
 METHODS = ("supervised", "cps", "mgd")
 DATASETS = ("voc", "city", "synthetic", "folder")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def base_config(exp_file: str | os.PathLike | None = None) -> EasyDict:

@@ -15,47 +15,14 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..runtime.images import decode, read_bytes
+from ..runtime.images import read_image  # noqa: F401 - re-exported: the predictors decode images as training does
 from ..utils import IGNORE_INDEX, UserError
 from .layouts import DatasetLayout
 from .lists import read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
-
-
-def _read_bytes(path: Path, what: str) -> np.ndarray:
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: {what} file cannot be read ({err.strerror or err})") from None
-    if data.size == 0:
-        raise UserError(f"{path}: {what} file is empty")
-    return data
-
-
-def _decode(data: np.ndarray, flags: int):
-    try:
-        return cv2.imdecode(data, flags)
-    except cv2.error:  # some corrupt headers raise instead of returning None
-        return None
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; UserError naming ``path`` when it is missing,
-    truncated or not an image. Decoded as the original's ``cv2.imread(path, cv2.IMREAD_COLOR)``: a JPEG's
-    EXIF orientation tag is applied (labels are PNGs without one, so such an image must be stored upright)."""
-    path = Path(path)
-    data = _read_bytes(path, "image")
-    # Older OpenCV builds decode a truncated JPEG into a grey-filled image instead of failing, so
-    # require the end-of-image marker (it only occurs as a marker, never inside the coded data).
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
-        raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
-    image = _decode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"{path}: image cannot be decoded (truncated or not an image file); re-copy or re-download it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @functools.lru_cache(maxsize=16)
@@ -76,7 +43,7 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
     a 16-bit or non-PNG file raise UserError naming ``path``.
     """
     path = Path(path)
-    data = _read_bytes(path, "label")
+    data = read_bytes(path, "label")
     raw = data[:32].tobytes()
     if raw[:8] != _PNG_SIGNATURE or raw[12:16] != b"IHDR":
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
@@ -95,7 +62,7 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
         )
     if bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
-    label = _decode(data, cv2.IMREAD_UNCHANGED)
+    label = decode(data, cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2:
         raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
     if cv2.countNonZero(cv2.LUT(label, _invalid_values(num_classes, ignore_index))):  # fast check, then detail

@@ -16,22 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.images import normalize  # noqa: F401 - re-exported: evaluation and the runtime share it
 from ..utils import IGNORE_INDEX
-
-# A per-channel table of the 256 possible results: cv2.LUT applies it ~6x faster than float arithmetic.
-_NORMALIZE_LUT = (
-    ((np.arange(256, dtype=np.float64)[:, None] / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD))
-    .astype(np.float32)
-    .reshape(1, 256, 3)
-)
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 ``(image / 255 - mean) / std`` with ImageNet mean/std."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"normalize expects an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    return cv2.LUT(np.ascontiguousarray(image), _NORMALIZE_LUT)
 
 
 def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, p: float = 0.5):
