@@ -1,7 +1,7 @@
 """What an experiment folder runs: build the parts from the config, hand them to the engine.
 
     python train.py [--resume auto|PATH] [KEY=VALUE ...]
-    python eval.py  [-e 20-33 | -e last | -e all | -e PATH] [--save-pred DIR] [KEY=VALUE ...]
+    python eval.py  [-e 20-33 | -e last | -e all | -e PATH | -e FILE.onnx] [--save-pred DIR] [KEY=VALUE ...]
 
 An experiment's ``train.py`` and ``eval.py`` are three lines calling :func:`train_main` and
 :func:`eval_main`. This layer sits above both the engine (which only loops and evaluates) and the
@@ -28,6 +28,7 @@ from .engine.cli import parser, ranges, select_snapshots, user_errors
 from .engine.evaluator import Evaluator, format_results
 from .engine.rng import preserved_cpu_rng, seed_everything
 from .methods import build_method
+from .utils import UserError
 
 
 def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) -> dict:
@@ -83,16 +84,19 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
     """Entry point of an experiment's ``eval.py``: evaluate saved snapshots on the val set.
 
     ``-e`` selects snapshots (see :func:`furnace.engine.cli.select_snapshots`; default ``last``) in
-    ``output_dir/checkpoints``; each is loaded with ``furnace.models.load_segmentor`` and evaluated
+    ``output_dir/checkpoints``; each is loaded with ``furnace.models.load_segmentor`` (an exported ``.onnx``
+    file runs in ONNX Runtime, its class count checked against the config first) and evaluated
     with the config's eval settings (KEY=VALUE overrides apply, e.g. ``eval_scales=[0.75,1,1.25]
     eval_flip=true``). Prints each snapshot's mIoU, then the per-class table of the best and a
-    last/best summary, and merges the results into ``eval_results.json`` beside the checkpoints.
+    last/best summary, and merges the results into ``eval_results.json`` beside the checkpoints (under
+    each file's name; an ``.onnx`` file's go to ``output_dir/checkpoints``, wherever the file lies).
     ``--save-pred DIR`` writes index and colour PNGs (one sub-folder per snapshot when several).
     Returns ``{"results": {file name: metrics}, "last": name, "best": name}``.
     """
     p = parser("Evaluate saved snapshots of the experiment described by config.py.")
     p.add_argument("-e", "--epochs", default="last", metavar="SPEC",
-                   help="'last' (default), 'all', an epoch (25), a range (20-33), a comma list, or a .pth path")
+                   help="'last' (default), 'all', an epoch (25), a range (20-33), a comma list, a .pth path, "
+                        "or an exported .onnx file")
     p.add_argument("--save-pred", default="", metavar="DIR", help="write index and colour prediction PNGs")
     with user_errors():
         args = p.parse_intermixed_args(argv)
@@ -101,6 +105,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         cfg = resolve_config(cfg)
         _rank, world, device = dist.setup(cfg.device)
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
+        onnx_nets = _onnx_networks(chosen, int(cfg.num_classes))
         if val_dataset is None:
             val_dataset = build_val_dataset(cfg)
         evaluator = Evaluator(cfg, device, layout=layout_holding(val_dataset, cfg))
@@ -109,21 +114,44 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
             f"crop {cfg.eval_crop}, scales {list(cfg.eval_scales)}, flip {bool(cfg.eval_flip)}", flush=True)
         if missing:
             say(f"note: no snapshot for epoch(s) {ranges(missing)}; skipped", flush=True)
-        results, metrics = _evaluate_snapshots(cfg, chosen, evaluator, val_dataset, args.save_pred, say)
+        results, metrics = _evaluate_snapshots(cfg, chosen, evaluator, val_dataset, args.save_pred, say, onnx_nets)
         last, best = _report(metrics, say)
-        json_path = ckpt.eval_results_file(chosen[-1][1])
+        snapshots = [path for _, path in chosen if path not in onnx_nets]
+        json_path = (ckpt.eval_results_file(snapshots[-1]) if snapshots
+                     else ckpt.checkpoint_dir(cfg) / "eval_results.json")
         if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last, best)):
             say(f"results written to {json_path}", flush=True)
     return {"results": results, "last": last, "best": best}
 
 
-def _evaluate_snapshots(cfg, chosen, evaluator, val_dataset, save_pred: str, say) -> tuple[dict, dict]:
-    """``(results file entries, metrics)`` of each chosen snapshot, both keyed by file name."""
+def _onnx_networks(chosen, num_classes: int) -> dict:
+    """The chosen ``.onnx`` files opened in ONNX Runtime (path -> network), each refused unless it predicts
+    the config's ``num_classes``: checked before any evaluation."""
+    from .tools.export import OrtNetwork
+
+    nets = {}
+    for _, path in chosen:
+        if path.suffix == ".onnx":
+            nets[path] = OrtNetwork(path)
+            if nets[path].num_classes != num_classes:
+                raise UserError(f"{path}: the ONNX file predicts {nets[path].num_classes} classes but the config has "
+                                f"num_classes={num_classes}; export a snapshot of this experiment (`python -m "
+                                f"furnace.tools.export checkpoints/epoch-<e>.pth --out {path.name}`)")
+    return nets
+
+
+def _evaluate_snapshots(cfg, chosen, evaluator, val_dataset, save_pred: str, say,
+                        onnx_nets: dict) -> tuple[dict, dict]:
+    """``(results file entries, metrics)`` of each chosen snapshot (or ``onnx_nets`` file), both keyed by
+    file name."""
     results, metrics = {}, {}
     for epoch, path in chosen:
-        net = ckpt.load_snapshot(path, map_location=evaluator.device).to(evaluator.device)
-        if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
-            net = net.to(memory_format=torch.channels_last)
+        if path in onnx_nets:
+            net = onnx_nets[path]
+        else:
+            net = ckpt.load_snapshot(path, map_location=evaluator.device).to(evaluator.device)
+            if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
+                net = net.to(memory_format=torch.channels_last)
         pred_dir = None
         if save_pred:
             pred_dir = Path(save_pred) / path.stem if len(chosen) > 1 else Path(save_pred)

@@ -46,8 +46,8 @@ def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]]
 
     ``last`` -> the highest ``epoch-<e>.pth`` in ``ckpt_dir``; ``all`` -> every one; ``20-33`` ->
     those of epochs 20..33 that exist (``missing`` lists the others); ``25`` -> that epoch;
-    comma-separated lists combine; anything naming a file (``*.pth`` or containing a path separator)
-    is taken as that file. UserError when a part matches nothing.
+    comma-separated lists combine; anything naming a file (``*.pth``, an exported ``*.onnx`` or containing a
+    path separator) is taken as that file. UserError when a part matches nothing.
     """
     ckpt_dir = Path(ckpt_dir)
     available = _snapshot_epochs(ckpt_dir) if ckpt_dir.is_dir() else {}
@@ -56,7 +56,7 @@ def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]]
     chosen: dict = {}
     missing: list[int] = []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
-        if part.endswith(".pth") or os.sep in part or "/" in part:
+        if part.endswith((".pth", ".onnx")) or os.sep in part or "/" in part:
             path = Path(part)
             if not path.is_file():
                 raise UserError(f"-e {part}: file not found")

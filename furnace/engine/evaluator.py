@@ -146,10 +146,12 @@ def _safe_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def eval_mode(net: torch.nn.Module):
-    """``net`` in eval mode for the block; every submodule's own train/eval flag is restored after it."""
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
+def eval_mode(net):
+    """``net`` in eval mode for the block; every submodule's own train/eval flag is restored after it.
+    A network that is not a torch module (an exported file in ONNX Runtime) is used as it is."""
+    modes = [(m, m.training) for m in net.modules()] if isinstance(net, torch.nn.Module) else []
+    if modes:
+        net.eval()
     try:
         yield net
     finally:
