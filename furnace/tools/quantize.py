@@ -146,8 +146,10 @@ def quantize_int8(fp32_path, out_path, reader: CalibrationWindows, options: Quan
         quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=options.reduce_range, activation_type=activation, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded, calibrate_method=methods[options.method],
-                        # one crop per calibrator pass: the histogram methods keep every activation of a pass
-                        extra_options={"CalibStridedMinMax": 1})
+                        # one crop per calibrator pass: the histogram methods keep every activation of a pass;
+                        # a BatchNormalization left unfolded (after a Concat) has rank-1 scales: channel axis 0
+                        extra_options={"CalibStridedMinMax": 1,
+                                       "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
     source, model = onnx.load(str(fp32_path)), onnx.load(str(out_path))
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
