@@ -2,7 +2,7 @@
 torchrun): prepare the config once, build the method, datasets and models, hand them to the engine.
 
     python train.py [--resume auto|PATH] [KEY=VALUE ...]
-    python eval.py  [-e 20-33 | -e last | -e all | -e PATH] [--save-pred DIR] [KEY=VALUE ...]
+    python eval.py  [-e 20-33 | -e last | -e all | -e PATH | -e FILE.onnx] [--save-pred DIR] [KEY=VALUE ...]
 """
 import math
 import os
@@ -19,6 +19,7 @@ from .engine.cli import parser, ranges, select_snapshots, user_errors
 from .engine.evaluator import Evaluator, format_results
 from .engine.rng import preserved_cpu_rng, seed_everything
 from .methods import build_method
+from .utils import UserError
 
 
 def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) -> dict:
@@ -62,11 +63,13 @@ def train_main(config, argv=None, **parts) -> dict:
 def eval_main(config, argv=None, *, val_dataset=None) -> dict:
     """``eval.py``: evaluate the ``-e`` snapshots (:func:`~furnace.engine.cli.select_snapshots`) with the config's
     eval settings, print and merge the results into ``eval_results.json`` beside them; ``--save-pred DIR`` writes
-    prediction PNGs (a sub-folder per snapshot when several). Returns ``{"results": {file name: entry}, "last",
-    "best"}``."""
+    prediction PNGs (a sub-folder per snapshot when several). An exported ``.onnx`` file runs in ONNX Runtime
+    through the same evaluator (its class count checked first); its results go to ``output_dir/checkpoints``
+    wherever the file lies. Returns ``{"results": {file name: entry}, "last", "best"}``."""
     p = parser("Evaluate saved snapshots of the experiment described by config.py.")
     p.add_argument("-e", "--epochs", default="last", metavar="SPEC",
-                   help="'last' (default), 'all', an epoch (25), a range (20-33), a comma list, or a .pth path")
+                   help="'last' (default), 'all', an epoch (25), a range (20-33), a comma list, a .pth path, "
+                        "or an exported .onnx file")
     p.add_argument("--save-pred", default="", metavar="DIR", help="write index and colour prediction PNGs")
     with user_errors():
         args = p.parse_intermixed_args(argv)
@@ -74,6 +77,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         cfg = prepare(config, args.overrides, env=os.environ)
         _rank, world, device = dist.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
         chosen, missing = select_snapshots(args.epochs, ckpt.checkpoint_dir(cfg))
+        onnx_nets = _onnx_networks(chosen, int(cfg.num_classes))
         if val_dataset is None:
             val_dataset = build_val_dataset(cfg)
         evaluator = Evaluator(cfg, device, layout=getattr(val_dataset, "layout", None))
@@ -84,18 +88,39 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
             say(f"note: no snapshot for epoch(s) {ranges(missing)}; skipped", flush=True)
         results, metrics = {}, {}
         for epoch, path in chosen:
-            net = ckpt.load_snapshot(path, map_location=evaluator.device).to(evaluator.device)
-            if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
-                net = net.to(memory_format=torch.channels_last)
+            if path in onnx_nets:
+                net = onnx_nets[path]
+            else:
+                net = ckpt.load_snapshot(path, map_location=evaluator.device).to(evaluator.device)
+                if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
+                    net = net.to(memory_format=torch.channels_last)
             pred_dir = Path(args.save_pred) / (path.stem if len(chosen) > 1 else "") if args.save_pred else None
             metrics[path.name] = res = evaluator.run(net, val_dataset, save_pred_dir=pred_dir, progress=True)
             results[path.name] = ckpt.eval_entry(epoch, path, res, cfg)
             say(f"{path.name}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}", flush=True)
         last, best = _report(metrics, say)
-        json_path = ckpt.eval_results_file(chosen[-1][1])
+        snapshots = [path for _, path in chosen if path not in onnx_nets]
+        json_path = (ckpt.eval_results_file(snapshots[-1]) if snapshots
+                     else ckpt.checkpoint_dir(cfg) / "eval_results.json")
         if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last, best)):
             say(f"results written to {json_path}", flush=True)
     return {"results": results, "last": last, "best": best}
+
+
+def _onnx_networks(chosen, num_classes: int) -> dict:
+    """The chosen ``.onnx`` files opened in ONNX Runtime (path -> network), each refused unless it predicts
+    the config's ``num_classes``: checked before any evaluation."""
+    from .tools.export import OrtNetwork
+
+    nets = {}
+    for _, path in chosen:
+        if path.suffix == ".onnx":
+            nets[path] = OrtNetwork(path)
+            if nets[path].num_classes != num_classes:
+                raise UserError(f"{path}: the ONNX file predicts {nets[path].num_classes} classes but the config has "
+                                f"num_classes={num_classes}; export a snapshot of this experiment (`python -m "
+                                f"furnace.tools.export checkpoints/epoch-<e>.pth --out {path.name}`)")
+    return nets
 
 
 def _report(metrics: dict, say) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """Small helpers shared by every part of furnace: user-facing errors (and the one way a command ends on
-one), the label value of void pixels, and safe file I/O."""
+one), the label value of void pixels, and safe file I/O. torch is imported only by the functions that
+need it, so that the torch-free runtime (:mod:`furnace.runtime`) can use the errors."""
 import contextlib
 import os
 import re
@@ -7,8 +8,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 
 class UserError(Exception):
@@ -99,6 +98,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     one at ``path``, never a truncated file. On failure the temporary file is removed and the
     exception is re-raised.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -131,6 +132,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     Raises UserError naming the file when it is missing, truncated, or holds objects other than
     tensors and plain containers (a file crafted to run code while unpickling is refused).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")

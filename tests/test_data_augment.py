@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from furnace.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from furnace.runtime.images import IMAGENET_MEAN, IMAGENET_STD
 from furnace.datasets.cutmix import box_mask
 from furnace.datasets.transforms import crop_normalize, normalize, random_scale, train_transform
 

@@ -1,5 +1,6 @@
 """Deployment: ONNX export matches PyTorch for every network of the method, the export and predict command
-lines on real files (the Cityscapes sample images at 2048x1024), and the refusal of a mismatched ONNX file."""
+lines on real files (the Cityscapes sample images at 2048x1024), the refusal of a mismatched ONNX file, INT8
+export, eval.py -e FILE.onnx, and the torch-free runtime (furnace.runtime)."""
 import json
 import os
 import subprocess
@@ -13,9 +14,8 @@ import pytest
 import torch
 
 from furnace.datasets.layouts import CITY_COLORS, CITY_CLASSES, VOC_CLASSES
-from furnace.models import read_segmentor_meta, save_segmentor
+from furnace.models import DeepLabV3Plus, read_segmentor_meta, save_segmentor
 from furnace.models.weights import dataset_record
-from furnace.models import DeepLabV3Plus
 from furnace.tools.export import OrtNetwork, check_agreement, compare, export_onnx, onnx_meta
 from furnace.utils import UserError
 
@@ -163,3 +163,241 @@ def test_export_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert "nope.pth" in lines[0] and not (tmp_path / "x.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- the torch-free runtime, INT8, eval.py -e FILE.onnx
+
+TORCH_BLOCKED = "import sys; sys.modules['torch'] = None; import runpy; runpy.run_module('{}', run_name='__main__')"
+
+
+def spread_bn(net):
+    """BatchNorm statistics drawn at random, so that a random network predicts several classes."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.3, 1.5)
+    return net
+
+
+def balance_classes(net, image: np.ndarray):
+    """Rescale the classifier so that every class's logit has mean 0 and std 1 over ``image`` (H, W, 3 uint8
+    RGB): a random network then predicts many classes on it instead of one everywhere."""
+    from furnace.runtime.images import normalize
+
+    with torch.no_grad():
+        logits = net(torch.from_numpy(normalize(image)).permute(2, 0, 1)[None])[0].flatten(1)
+        mean, std = logits.mean(1), logits.std(1)
+        net.classifier.weight.div_(std[:, None, None, None])
+        net.classifier.bias.sub_(mean).div_(std)
+    return net
+
+
+def tiny_student(path, num_classes=7, arch="mobilenetv2", seed=0, dataset="synthetic", eval_record=None, image=None):
+    """A tiny student file (width 1/4, head 32) with the dataset's classes and ``eval_record`` recorded;
+    with ``image``, its classes balanced on it (:func:`balance_classes`)."""
+    torch.manual_seed(seed)
+    net = spread_bn(DeepLabV3Plus.from_arch(arch, num_classes, width_mult=0.25, head_channels=32)).eval()
+    if image is not None:
+        balance_classes(net, image)
+    eval_record = eval_record or {"crop": 32, "scales": [1.0], "flip": False}
+    save_segmentor(net, path, extra={**dataset_record(dataset, num_classes, "x"), "eval": eval_record})
+    return net
+
+
+def write_images(folder, count, size=(40, 56), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)  # smooth blobs, not per-pixel noise
+        image = cv2.resize(base, size[::-1], interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(folder / f"img{i}.png"), image)
+    return folder
+
+
+def test_no_runtime_module_imports_torch():
+    """furnace.runtime (and furnace, furnace.utils) load in a process where `import torch` fails."""
+    code = ("import sys, pkgutil, importlib; sys.modules['torch'] = None; import furnace, furnace.utils, furnace.runtime;"
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(furnace.runtime.__path__, 'furnace.runtime.')]")
+    proc = run(["-c", code])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_numpy_prediction_is_the_evaluators():
+    """furnace.runtime.sliding (numpy) and Evaluator.predict (torch): windows, padding, scales, flip, batches."""
+    from easydict import EasyDict
+
+    from furnace.engine.evaluator import Evaluator
+    from furnace.runtime.sliding import EvalSettings, predict_logits
+
+    torch.manual_seed(0)
+    net = spread_bn(DeepLabV3Plus.from_arch("resnet18", 5, width_mult=0.25, head_channels=32)).eval()
+    image = np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+    settings = EvalSettings(crop=32, scales=(0.75, 1.25), flip=True, batch=3)
+    cfg = EasyDict(num_classes=5, eval_crop=32, eval_scales=[0.75, 1.25], eval_flip=True, eval_batch=3)
+    ref = Evaluator(cfg, "cpu", class_names=list("abcde"), palette=np.zeros((5, 3))).predict(net, image).numpy()
+
+    def network(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
+    ours = predict_logits(network, image, 5, settings)
+    assert ours.shape == ref.shape == (5, 45, 70)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert not np.allclose(ours, predict_logits(network, image, 5, EvalSettings(32, (0.75, 1.25), False, 3)))
+
+
+def test_calibration_crops_are_the_inputs_evaluation_feeds(tmp_path):
+    """With enough crops, the calibration reader yields exactly the windows Evaluator.predict passes to the network."""
+    from easydict import EasyDict
+
+    from furnace.engine.evaluator import Evaluator
+    from furnace.runtime.sliding import EvalSettings
+    from furnace.tools.quantize import CalibrationWindows, calibration_images
+
+    write_images(tmp_path / "calib", 2, size=(40, 56))
+    seen = []
+
+    def recorder(x):
+        seen.extend(x.numpy())
+        return torch.zeros((x.shape[0], 3, *x.shape[-2:]))
+
+    cfg = EasyDict(num_classes=3, eval_crop=32, eval_scales=[0.5, 1.0], eval_flip=True, eval_batch=8)
+    evaluator = Evaluator(cfg, "cpu", class_names=list("abc"), palette=np.zeros((3, 3)))
+    images = calibration_images([tmp_path / "calib"], limit=10)
+    for path, _ in images:
+        evaluator.predict(recorder, cv2.imread(str(path))[..., ::-1].copy())
+    reader = CalibrationWindows(images, EvalSettings(crop=32, scales=(0.5, 1.0), flip=True), crops=1000)
+    crops = [item["image"][0] for item in iter(reader.get_next, None)]
+    assert len(crops) == len(reader) == len(seen) == 2 * (1 + 2 * 3) * 2  # images x (windows at 0.5 + at 1) x flip
+    assert all(c.shape == (3, 32, 32) for c in crops)
+    assert sorted(c.tobytes() for c in crops) == sorted(s.tobytes() for s in seen)
+    few = CalibrationWindows(images, EvalSettings(crop=32, scales=(0.5, 1.0), flip=True), crops=5)
+    assert len(few) == 5 and len({id(i[0]) for i in few.items}) == 2  # spread over both images
+
+
+def test_int8_export_reports_latency_and_agreement_and_keeps_the_metadata(tmp_path, capsys):
+    from furnace.tools import export
+
+    ck = tmp_path / "s.pth"
+    tiny_student(ck)
+    write_images(tmp_path / "calib", 3)
+    (tmp_path / "calib" / "broken.png").write_bytes(b"not an image")  # named and skipped
+    code = export.main([str(ck), "--out", str(tmp_path / "s.int8.onnx"), "--int8", "--calib", str(tmp_path / "calib"),
+                        "--calib-crops", "4", "--check-sizes", "1x32x32", "--latency-sizes", "32x48", "--runs", "1",
+                        "--threads", "1", "--fp32-nodes", "/classifier/*"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "broken.png: image cannot be decoded" in out.err
+    report = json.loads(out.out)
+    assert report["onnx"] == str(tmp_path / "s.onnx")  # the fp32 file: OUT without .int8
+    int8 = report["int8"]
+    assert int8["onnx"] == str(tmp_path / "s.int8.onnx") and int8["calib_images"] == 3 and int8["calib_crops"] == 4
+    assert (int8["method"], int8["types"], int8["reduce_range"]) == ("minmax", "u8s8", True)
+    assert int8["nodes_kept_fp32"] == 1 and 0.9 <= int8["argmax_agreement"] <= 1.0
+    (lat,) = report["latency"]
+    assert lat["onnxruntime_int8_ms"] > 0 and lat["int8_speedup"] == pytest.approx(
+        lat["onnxruntime_ms"] / lat["onnxruntime_int8_ms"], rel=0.05)
+    model = onnx.load(str(tmp_path / "s.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and "Conv" in ops
+    classifier = [n for n in model.graph.node if n.name.startswith("/classifier/")]
+    assert classifier and all(n.op_type == "Conv" for n in classifier)  # kept fp32: no QDQ pair feeds it a scale
+    meta = OrtNetwork(tmp_path / "s.int8.onnx").meta
+    assert meta["num_classes"] == 7 and meta["dataset"] == "synthetic" and meta["int8"]["fp32_nodes"] == ["/classifier/*"]
+
+
+def test_int8_options_are_checked_before_any_work(tmp_path, capsys):
+    from furnace.tools import export
+
+    ck = tmp_path / "s.pth"
+    tiny_student(ck)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    cases = [([], "--int8 needs --calib INPUT"),
+             (["--calib", str(tmp_path / "junk")], "none of the 1 file(s) is a readable image"),
+             (["--calib", str(tmp_path / "empty_dir_missing")], "empty_dir_missing: --calib INPUT not found")]
+    for extra, message in cases:
+        assert export.main([str(ck), "--out", str(tmp_path / "x.int8.onnx"), "--int8", *extra]) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], lines
+        assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_experiment(tmp_path_factory):
+    """A tiny synthetic dataset, the ResNet-18 MGD experiment's config on it, and a snapshot of a random student."""
+    import runpy
+
+    from furnace.config import apply_overrides
+    from furnace.datasets.make_synthetic import generate
+
+    root = tmp_path_factory.mktemp("synexp")
+    generate(root / "DATA" / "synthetic", seed=0, num_train=16, num_val=6, size=32, ratios=(8,))
+    cfg = runpy.run_path(str(REPO / "exp.synthetic" / "syn8.resnet18_deeplabv3plus" / "config.py"))["config"]
+    cfg = apply_overrides(cfg, [f"data_root={root / 'DATA'}", f"output_dir={root / 'out'}", "eval_crop=32",
+                                "eval_flip=true", "num_workers=0", "check_data=false"])
+    snapshot = root / "out" / "checkpoints" / "epoch-1.pth"
+    snapshot.parent.mkdir(parents=True)
+    tiny_student(snapshot, arch="resnet18", eval_record={"crop": 32, "scales": [1.0], "flip": True})
+    return cfg, snapshot
+
+
+def test_eval_py_evaluates_an_exported_file_like_its_snapshot(synthetic_experiment, tmp_path, capsys):
+    from furnace.run import eval_main
+    from furnace.tools import export
+
+    cfg, snapshot = synthetic_experiment
+    onnx_path = tmp_path / "student.onnx"
+    assert export.main([str(snapshot), "--out", str(onnx_path), "--check-sizes", "1x32x32", "--no-latency"]) == 0
+    torch_res = eval_main(cfg, ["-e", "last"])["results"]["epoch-1.pth"]
+    onnx_res = eval_main(cfg, ["-e", str(onnx_path)])["results"]["student.onnx"]
+    assert torch_res["miou"] > 0 and onnx_res["miou"] == pytest.approx(torch_res["miou"], abs=5e-5)
+    assert onnx_res["pixel_acc"] == pytest.approx(torch_res["pixel_acc"], abs=5e-5) and onnx_res["epoch"] is None
+    stored = json.loads((snapshot.parent / "eval_results.json").read_text())["results"]
+    assert set(stored) >= {"epoch-1.pth", "student.onnx"} and stored["student.onnx"]["path"] == str(onnx_path)
+    assert "student.onnx: mIoU" in capsys.readouterr().out
+
+
+def test_eval_py_refuses_an_onnx_file_of_another_class_count_or_not_onnx(synthetic_experiment, tmp_path, capsys):
+    from furnace.run import eval_main
+
+    cfg, _ = synthetic_experiment
+    net = tiny_student(tmp_path / "city.pth", num_classes=19, dataset="cityscapes")
+    export_onnx(net, tmp_path / "city.onnx", onnx_meta(net, {"num_classes": 19}))
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    cases = [("city.onnx", "city.onnx: the ONNX file predicts 19 classes but the config has num_classes=7; export"),
+             ("junk.onnx", "junk.onnx: not an ONNX model ONNX Runtime can load")]
+    for name, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            eval_main(cfg, ["-e", str(tmp_path / name)])
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert exc.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+        assert "furnace.tools.export" in lines[0]
+    proc = run(["-c", TORCH_BLOCKED.format("furnace.runtime.predict"), tmp_path / "junk.onnx", tmp_path / "x.png",
+                "--out", tmp_path / "o"])
+    assert proc.returncode == 2 and "junk.onnx: not an ONNX model ONNX Runtime can load" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CITY_SAMPLE.is_dir(), reason="../shared/data/cityscapes_sample is not present")
+def test_torch_free_predictor_matches_tools_predict_at_full_resolution(tmp_path):
+    """furnace.runtime.predict, with `import torch` failing, writes the index maps furnace.tools.predict --onnx
+    writes, on a 2048x1024 Cityscapes image (8 windows of 800, scales 0.75 and 1, flip)."""
+    image = sorted((CITY_SAMPLE / "leftImg8bit").rglob("*_leftImg8bit.png"))[0]
+    small = cv2.resize(cv2.imread(str(image))[..., ::-1], (512, 256), interpolation=cv2.INTER_AREA)
+    net = tiny_student(tmp_path / "city.pth", num_classes=19, dataset="cityscapes",
+                       eval_record={"crop": 800, "scales": [0.75, 1.0], "flip": True}, image=small)
+    meta = onnx_meta(net, read_segmentor_meta(tmp_path / "city.pth"))
+    export_onnx(net, tmp_path / "city.onnx", meta)
+    ours, theirs = tmp_path / "runtime", tmp_path / "tools"
+    proc = run(["-c", TORCH_BLOCKED.format("furnace.runtime.predict"), tmp_path / "city.onnx", image, "--out", ours])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run(["-m", "furnace.tools.predict", tmp_path / "city.onnx", image, "--out", theirs])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (cv2.imread(str(d / "index" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED) for d in (ours, theirs))
+    assert a.shape == (1024, 2048) and len(np.unique(a)) > 3
+    assert (a == b).mean() >= 0.999
+    palette = np.array(CITY_COLORS, np.uint8)
+    color = cv2.imread(str(ours / "color" / f"{image.stem}.png"))[..., ::-1]
+    assert (color == palette[a]).all()
+    assert cv2.imread(str(ours / "overlay" / f"{image.stem}.png")).shape == (1024, 2048, 3)

@@ -8,7 +8,7 @@ from torch import nn
 
 from engine_toy import PALETTE, ToyNet, toy_config
 
-from furnace.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from furnace.runtime.images import IMAGENET_MEAN, IMAGENET_STD
 from furnace.datasets.transforms import normalize
 from furnace.engine import Evaluator, format_results, sliding_windows
 from furnace.engine.evaluator import center_pad, window_stride

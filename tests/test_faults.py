@@ -237,7 +237,8 @@ def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_ends_bit_ide
 def test_a_rank_that_stops_answering_fails_the_others_within_the_timeout(cluster, tmp_path):
     out = tmp_path / "run"
     env = run_env(cluster, out, MAX_RESTARTS="0")
-    proc = start(["bash", "script.sh", "epochs=200", "dist_timeout_s=5"], cluster["exp"], env)
+    # save_every_minutes=0: latest.pth at each epoch's end, so the first epoch's save is on disk when rank 1 stops
+    proc = start(["bash", "script.sh", "epochs=200", "dist_timeout_s=5", "save_every_minutes=0"], cluster["exp"], env)
     stopped = None
     try:
         wait_for_iteration(out, ITERS_PER_EPOCH + 2, proc)  # past the first epoch's save

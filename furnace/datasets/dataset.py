@@ -11,76 +11,14 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..runtime.images import decode, read_bytes
+from ..runtime.images import read_image  # noqa: F401 - re-exported: the predictors decode images as training does
 from ..utils import IGNORE_INDEX, UserError
 from .layouts import DatasetLayout
 from .lists import read_list
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {2: "RGB", 4: "grayscale+alpha", 6: "RGBA"}
-
-
-def _read_bytes(path: Path, what: str) -> np.ndarray:
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: {what} file cannot be read ({err.strerror or err})") from None
-    if data.size == 0:
-        raise UserError(f"{path}: {what} file is empty")
-    return data
-
-
-def _decode(data: np.ndarray, flags: int):
-    try:
-        return cv2.imdecode(data, flags)
-    except cv2.error:  # some corrupt headers raise instead of returning None
-        return None
-
-
-def _jpeg_scan_start(data: bytes) -> int | None:
-    """Offset just past the first start-of-scan (SOS) header of a JPEG, found by walking its marker segments (so
-    an EXIF thumbnail inside APP1, with its own end-of-image marker, is skipped); None when the headers are cut
-    short before it (or are not JPEG segments)."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers carry no length
-            pos += 2
-            continue
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker == 0xDA:
-            return end if end <= len(data) else None
-        if marker == 0xD9:
-            return None
-        pos = end
-    return None
-
-
-def _jpeg_complete(data: bytes) -> bool:
-    """Whether a JPEG's main image reaches its end-of-image marker: FFD9 after the first SOS (entropy-coded data
-    never holds it). Bytes after the marker (phones append such trailers) are allowed."""
-    start = _jpeg_scan_start(data)
-    return start is not None and data.rfind(b"\xff\xd9", start) >= 0
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as ``cv2.imread(path, IMREAD_COLOR)`` reads it (EXIF orientation applied, grayscale,
-    alpha and 16-bit converted); UserError naming a missing, empty, truncated or undecodable ``path``."""
-    path = Path(path)
-    data = _read_bytes(path, "image")
-    # libjpeg decodes a truncated JPEG into a grey-filled image without failing, so require the main image's end
-    if data[:2].tobytes() == b"\xff\xd8" and not _jpeg_complete(data.tobytes()):
-        raise UserError(f"{path}: JPEG image is truncated (no end-of-image marker); re-copy or re-download it")
-    image = _decode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"{path}: image cannot be decoded (truncated or not an image file); re-copy or re-download it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,7 +44,7 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
     """An 8-bit index PNG, single-channel or palette (its indices are the values), as (H, W) uint8 with
     ``ignore_index`` returned as 255; UserError naming ``path`` for any other file or a value outside the classes."""
     path = Path(path)
-    data = _read_bytes(path, "label")
+    data = read_bytes(path, "label")
     raw = data[:32].tobytes()
     if raw[:8] != _PNG_SIGNATURE or raw[12:16] != b"IHDR":
         raise UserError(f"{path}: label is not a PNG file; labels must be single-channel 8-bit index PNGs")
@@ -117,7 +55,7 @@ def read_label(path: str | os.PathLike, num_classes: int, ignore_index: int = IG
                         f"index PNGs holding class ids 0..{num_classes - 1} and {ignore_index} for ignore")
     if color_type == 0 and bit_depth != 8:
         raise UserError(f"{path}: label PNG has {bit_depth}-bit pixels; labels must be 8-bit index PNGs")
-    label = _palette_indices(data) if color_type == 3 else _decode(data, cv2.IMREAD_UNCHANGED)
+    label = _palette_indices(data) if color_type == 3 else decode(data, cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2:
         raise UserError(f"{path}: label cannot be decoded (truncated or corrupt PNG); re-create it")
     if cv2.countNonZero(cv2.LUT(label, _invalid_values(num_classes, ignore_index))):  # fast check, then detail

@@ -1,12 +1,12 @@
 """The batch on the training device: uint8 from the loader (4x fewer bytes than float32), normalised there with
-:data:`furnace.datasets.transforms.NORMALIZE_LUT`, so the values are bit-identical to normalising on the CPU."""
+:data:`furnace.runtime.images.NORMALIZE_LUT`, so the values are bit-identical to normalising on the CPU."""
 
 import functools
 
 import torch
 
 from .batch import BOX_OF, BOXES, IMAGES, LABELS, MASKS
-from .transforms import NORMALIZE_LUT
+from ..runtime.images import NORMALIZE_LUT
 
 
 @functools.cache

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.drawing import colorize  # noqa: F401 - re-exported: predictions and datasets share it
+from ..runtime.images import IMAGE_EXTS
 from ..utils import IGNORE_INDEX, UserError
 
 
@@ -91,14 +93,6 @@ class DatasetLayout:
         return colorize(label, self.palette[: self.num_classes], self.ignore_color)
 
 
-def colorize(index_map: np.ndarray, palette, fill=(255, 255, 255)) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB with ``palette``; indices past it (255 = ignore) get ``fill``."""
-    lut = np.full((256, 3), fill, np.uint8)
-    n = min(len(palette), 255)
-    lut[:n] = np.asarray(palette, np.uint8)[:n]
-    return lut[np.asarray(index_map, np.uint8)]
-
-
 def generic_class_names(num_classes: int) -> list[str]:
     """``class_0``, ``class_1``, ...: the names of classes no layout names."""
     return [f"class_{i}" for i in range(num_classes)]
@@ -152,7 +146,7 @@ def dataset_dir(cfg) -> Path:
 
 # ----------------------------------------------------------------------------- your own data: "folder"
 
-FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # matched in any case
+FOLDER_IMAGE_EXTS = IMAGE_EXTS  # the extensions the predictors take too, matched in any case
 CLASSES_FILE = "classes.txt"
 
 

@@ -7,21 +7,8 @@ table, bit-identical to :func:`train_transform`, the all-CPU composition.
 import cv2
 import numpy as np
 
+from ..runtime.images import normalize  # noqa: F401 - re-exported: evaluation and the runtime share it
 from ..utils import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# (1, 256, 3) float32: [0, v, c] = (v / 255 - mean[c]) / std[c], rounded once from float64; every normalisation
-# (cv2.LUT here, the device table of device.py) uses it.
-NORMALIZE_LUT = (((np.arange(256, dtype=np.float64)[:, None] / 255.0 - np.array(IMAGENET_MEAN))
-                  / np.array(IMAGENET_STD)).astype(np.float32).reshape(1, 256, 3))
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 ``(image / 255 - mean) / std`` with ImageNet mean/std."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"normalize expects an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    return cv2.LUT(np.ascontiguousarray(image), NORMALIZE_LUT)
 
 
 def hflip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, p: float = 0.5):

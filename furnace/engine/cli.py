@@ -31,7 +31,8 @@ def _epoch_of(path: Path) -> int | None:
 def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]], list[int]]:
     """The checkpoints an ``-e`` value names: ``([(epoch or None, path), ...] in epoch order, missing epochs)``.
     Comma-separated parts: ``last`` (the highest ``epoch-<e>.pth`` in ``ckpt_dir``), ``all``, ``25``, ``20-33``
-    (those that exist), or a file (``*.pth`` or a path). UserError when a part matches nothing."""
+    (those that exist), or a file (``*.pth``, an exported ``*.onnx`` or a path). UserError when a part matches
+    nothing."""
     ckpt_dir = Path(ckpt_dir)
     available = {e: p for p in ckpt_dir.glob("epoch-*.pth") if (e := _epoch_of(p)) is not None} \
         if ckpt_dir.is_dir() else {}
@@ -39,7 +40,7 @@ def select_snapshots(spec: str, ckpt_dir) -> tuple[list[tuple[int | None, Path]]
                   else f"no epoch-<e>.pth in {ckpt_dir}; train first or give -e PATH")
     chosen, missing = {}, []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
-        if part.endswith(".pth") or os.sep in part or "/" in part:
+        if part.endswith((".pth", ".onnx")) or os.sep in part or "/" in part:
             path = Path(part)
             if not path.is_file():
                 raise UserError(f"-e {part}: file not found")

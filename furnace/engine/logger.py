@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..config import config_to_dict
 from ..datasets.layouts import colorize
-from ..datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.images import IMAGENET_MEAN, IMAGENET_STD
 from ..utils import UserError
 from .evaluator import format_results
 

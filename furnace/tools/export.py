@@ -1,7 +1,10 @@
-"""Export a segmentor file to ONNX, check it against PyTorch and time both.
+"""Export a segmentor file to ONNX (fp32, or INT8 as well), check it against PyTorch and time them.
 
     python -m furnace.tools.export CHECKPOINT --out model.onnx [--opset 17] [--check-sizes 256x256 ...]
         [--latency-sizes 512x512 1024x2048 | --no-latency] [--threads N] [--runs N] [--json FILE]
+    python -m furnace.tools.export CHECKPOINT --out model.int8.onnx --int8 --calib INPUT... [--calib-crops 64]
+        [--calib-method minmax|entropy|percentile|distribution] [--int8-types u8s8|s8s8] [--no-reduce-range]
+        [--fp32-nodes PATTERN ...] [--fp32-out model.onnx]
 
 The ONNX graph maps ``image`` (B, 3, H, W) float32, ImageNet-normalised, to ``logits`` (B, C, H, W), with
 batch, height and width dynamic. The file's metadata records the class count and names, the palette, the
@@ -11,8 +14,14 @@ can check it against its checkpoint and run it without anything else.
 After writing, the file is checked with ``onnx.checker`` and run with ONNX Runtime (CPU) on inputs of
 several sizes and batch sizes: the largest logit difference relative to the largest PyTorch logit must
 be <= 1e-4 and the argmax must agree on >= 99.9 % of the pixels, otherwise the command fails (exit 1).
-It then prints JSON with the median latency (ms, batch 1, after warm-up) of PyTorch eager and ONNX
-Runtime at each ``--latency-sizes`` (HxW).
+It then prints JSON with the median latency (ms, batch 1, after warm-up; the runtimes alternate within
+each repeat) of PyTorch eager and ONNX Runtime at each ``--latency-sizes`` (HxW).
+
+With ``--int8``, ``--out`` is an INT8 file (ONNX Runtime static quantization, QDQ, per-channel weights;
+see furnace.tools.quantize) calibrated on ``--calib`` images (files, folders, list files) preprocessed as
+evaluation preprocesses them (the recorded eval crop, scales and flip); the fp32 file is kept as
+``--fp32-out`` (default: OUT without ``.int8``, or ``OUT.fp32.onnx``). The JSON then also gives the INT8
+latency and speed-up, and the INT8 file's argmax agreement with the fp32 file on the calibration images.
 
 The dynamo exporter (``torch.onnx.export(dynamo=True)``) needs the ``onnxscript`` package; when it is
 not installed, or fails, the TorchScript exporter (``dynamo=False``) is used and the JSON says which.
@@ -22,14 +31,15 @@ import importlib.util
 import json
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ..runtime.session import INPUT, META_PREFIX, OUTPUT, OnnxModel
 from ..utils import UserError, run_cli
+from .quantize import METHODS, TYPES, QuantOptions
 
-INPUT, OUTPUT = "image", "logits"
-META_PREFIX = "mgd_ssss."
 REL_TOL, ARGMAX_MIN = 1e-4, 0.999
 
 
@@ -105,33 +115,9 @@ def onnx_meta(model, seg_meta: dict) -> dict:
 # ----------------------------------------------------------------------------- running
 
 
-class OrtNetwork:
+class OrtNetwork(OnnxModel):
     """An exported file as a network for :class:`furnace.engine.evaluator.Evaluator`: called with a
     (B, 3, H, W) torch tensor, returns (B, C, H, W) logits; the forward pass runs in ONNX Runtime (CPU)."""
-
-    def __init__(self, path, threads: int = 0):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: ONNX file not found; write it with `python -m furnace.tools.export CHECKPOINT "
-                            f"--out {path}`")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({str(err)[:200]}); re-export it") from None
-        raw = self.session.get_modelmeta().custom_metadata_map
-        self.meta = {k[len(META_PREFIX):]: json.loads(v) for k, v in raw.items() if k.startswith(META_PREFIX)}
-        if "num_classes" not in self.meta:
-            raise UserError(f"{path}: has no {META_PREFIX}num_classes metadata; export it with "
-                            f"`python -m furnace.tools.export`")
-        self.path, self.num_classes = path, int(self.meta["num_classes"])
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
 
     def __call__(self, x):
         import torch
@@ -165,19 +151,28 @@ def check_agreement(rows: list[dict], path) -> None:
                         f"{100 * r['argmax_equal']:.3f} % (limit {100 * ARGMAX_MIN:g} %); the file is not usable")
 
 
-def latency(model, onnx_net: OrtNetwork, sizes, warmup: int = 1, runs: int = 5) -> list[dict]:
-    """Median ms per batch-1 forward pass of PyTorch eager (no_grad) and ONNX Runtime at each (H, W)."""
+def latency(model, onnx_net: OrtNetwork, sizes, warmup: int = 1, runs: int = 5, int8_net=None) -> list[dict]:
+    """Median ms per batch-1 forward pass of PyTorch eager (no_grad), ONNX Runtime and, with ``int8_net``,
+    the INT8 file in ONNX Runtime at each (H, W), the runtimes alternating (see :func:`paired_latency`)."""
     import torch
 
-    from .timing import median_ms
+    from .quantize import paired_latency
 
+    def eager(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x))
+
+    contenders = {"pytorch_eager_ms": eager, "onnxruntime_ms": onnx_net.run}
+    if int8_net is not None:
+        contenders["onnxruntime_int8_ms"] = int8_net.run
     rows = []
     for h, w in sizes:
-        x = torch.randn(1, 3, h, w)
-        with torch.no_grad():
-            eager = median_ms(lambda: model(x), warmup=warmup, iters=runs)
-        ort_ms = median_ms(lambda: onnx_net.run(x.numpy()), warmup=warmup, iters=runs)
-        rows.append({"size": f"{h}x{w}", "pytorch_eager_ms": round(eager, 1), "onnxruntime_ms": round(ort_ms, 1)})
+        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        ms = paired_latency(contenders, x, repeats=runs, warmup=warmup)
+        row = {"size": f"{h}x{w}", **{k: round(v, 2) for k, v in ms.items()}}
+        if int8_net is not None:
+            row["int8_speedup"] = round(ms["onnxruntime_ms"] / ms["onnxruntime_int8_ms"], 2)
+        rows.append(row)
     return rows
 
 
@@ -197,7 +192,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both runtimes (0 = their default)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per size after one warm-up run (default 5)")
     p.add_argument("--json", default=None, help="also write the JSON report here")
+    q = p.add_argument_group("INT8 (ONNX Runtime static quantization)")
+    q.add_argument("--int8", action="store_true", help="write --out as an INT8 file (needs --calib)")
+    q.add_argument("--calib", nargs="+", default=None, metavar="INPUT",
+                   help="calibration images: files, folders or .txt lists, like those the model will see")
+    q.add_argument("--calib-crops", type=int, default=QuantOptions.crops,
+                   help=f"network inputs (eval windows) calibrated on (default {QuantOptions.crops})")
+    q.add_argument("--calib-method", choices=METHODS, default=QuantOptions.method,
+                   help=f"ONNX Runtime calibration method (default {QuantOptions.method})")
+    q.add_argument("--int8-types", choices=TYPES, default=QuantOptions.types,
+                   help=f"activation and weight types (default {QuantOptions.types})")
+    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=QuantOptions.reduce_range,
+                   help=f"7-bit weights (default {QuantOptions.reduce_range})")
+    q.add_argument("--fp32-nodes", nargs="*", default=list(QuantOptions.fp32_nodes), metavar="PATTERN",
+                   help="fnmatch patterns of node names kept in fp32 (default: "
+                        f"{' '.join(QuantOptions.fp32_nodes) or 'none'}; give none to quantize all)")
+    q.add_argument("--fp32-out", default=None, help="where the fp32 file goes with --int8 (default: OUT without .int8)")
     return p.parse_args(argv)
+
+
+def fp32_path(args) -> Path:
+    """Where the fp32 file is written: ``--out``, or with ``--int8`` ``--fp32-out`` (default: OUT with ``.int8``
+    removed from its name, else ``OUT.fp32.onnx``)."""
+    out = Path(args.out)
+    if not args.int8:
+        return out
+    if args.fp32_out:
+        path = Path(args.fp32_out)
+    elif out.name.endswith(".int8.onnx"):
+        path = out.with_name(out.name[: -len(".int8.onnx")] + ".onnx")
+    else:
+        path = out.with_name(out.stem + ".fp32.onnx")
+    if path.resolve() == out.resolve():
+        raise UserError(f"--fp32-out {path}: is the INT8 --out file too; give another path")
+    return path
+
+
+def check_int8_args(args) -> None:
+    """The INT8 options' errors, before any work."""
+    if args.int8 and not args.calib:
+        raise UserError("--int8 needs --calib INPUT...: images (files, folders or .txt lists) like those the model "
+                        "will see, e.g. the val images")
+    if args.calib and not args.int8:
+        raise UserError("--calib is only used with --int8; add --int8 to write an INT8 file")
+    if args.calib_crops < 1:
+        raise UserError(f"--calib-crops {args.calib_crops}: give at least 1")
 
 
 def _check_shapes(texts) -> list[tuple[int, int, int]]:
@@ -213,20 +252,41 @@ def run(args) -> dict:
     import torch
 
     from ..models import load_segmentor, read_segmentor_meta
+    from ..runtime.sliding import EvalSettings
 
+    check_int8_args(args)
+    out_fp32 = fp32_path(args)
+    if args.int8:
+        from .quantize import calibration_images
+
+        calib = calibration_images(args.calib, args.calib_crops)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_segmentor(args.checkpoint)
     meta = onnx_meta(model, read_segmentor_meta(args.checkpoint))
-    exporter = export_onnx(model, args.out, meta, args.opset)
-    onnx_net = OrtNetwork(args.out, args.threads)
+    exporter = export_onnx(model, out_fp32, meta, args.opset)
+    onnx_net = OrtNetwork(out_fp32, args.threads)
     rows = compare(model, onnx_net, _check_shapes(args.check_sizes))
-    check_agreement(rows, args.out)
-    report = {"onnx": str(args.out), "checkpoint": str(args.checkpoint), "arch": meta["arch"],
+    check_agreement(rows, out_fp32)
+    report = {"onnx": str(out_fp32), "checkpoint": str(args.checkpoint), "arch": meta["arch"],
               "num_classes": meta["num_classes"], "opset": args.opset, "exporter": exporter, "check": rows,
               "threads": args.threads or torch.get_num_threads()}
+    int8_net = None
+    if args.int8:
+        from .quantize import CalibrationWindows, argmax_agreement, quantize_int8
+
+        options = QuantOptions(crops=args.calib_crops, method=args.calib_method, types=args.int8_types,
+                               reduce_range=args.reduce_range, fp32_nodes=tuple(args.fp32_nodes))
+        settings = EvalSettings.of(meta.get("eval"))
+        reader = CalibrationWindows(calib, settings, options.crops)
+        kept = quantize_int8(out_fp32, args.out, reader, options)
+        int8_net = OrtNetwork(args.out, args.threads)
+        report["int8"] = {"onnx": str(args.out), **asdict(options), "fp32_nodes": list(options.fp32_nodes),
+                          "nodes_kept_fp32": len(kept), "calib_images": len(calib), "calib_crops": len(reader),
+                          "argmax_agreement": argmax_agreement(onnx_net, int8_net, calib, settings)}
     if not args.no_latency:
-        report["latency"] = latency(model, onnx_net, [parse_size(s) for s in args.latency_sizes], runs=args.runs)
+        report["latency"] = latency(model, onnx_net, [parse_size(s) for s in args.latency_sizes], runs=args.runs,
+                                    int8_net=int8_net)
     return report
 
 

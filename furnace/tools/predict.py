@@ -19,12 +19,11 @@ the run ends with the list of failures and exit status 1.
 """
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from ..datasets.layouts import FOLDER_IMAGE_EXTS as IMAGE_EXTS
-from ..datasets.layouts import colorize, read_classes
+from ..datasets.layouts import read_classes
+from ..runtime.images import collect_inputs
+from ..runtime.predict import predict_images, report_failures
+from ..runtime.sliding import EvalSettings
 from ..utils import UserError, run_cli
 
 
@@ -46,86 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the runtime's default)")
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight in the overlay (default 0.5)")
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def collect_inputs(inputs) -> list[Path]:
-    """Image paths of the INPUT arguments, in order, each once. A missing INPUT is an error (before any
-    compute); files inside folders and lists are checked when read."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        elif item.suffix.lower() == ".txt" and item.is_file():
-            lines = [ln.strip() for ln in item.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-            found += [_list_entry(item.parent, line) for line in lines]
-        elif item.is_file() or item.suffix.lower() in IMAGE_EXTS:
-            found.append(item)  # a listed image that is missing is reported like an unreadable one
-        else:
-            raise UserError(f"{item}: INPUT not found; give image files, folders or .txt lists of image paths")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"no images found in {', '.join(map(str, inputs))} ({', '.join(IMAGE_EXTS)})")
-    return unique
-
-
-def _list_entry(base: Path, line: str) -> Path:
-    """A list line as a path: relative to the list's folder; a bare stem (a folder dataset's train.txt /
-    val.txt) is looked up as ``images/<stem>.<ext>`` there."""
-    path = Path(line) if Path(line).is_absolute() else base / line
-    if path.suffix.lower() in IMAGE_EXTS:
-        return path
-    candidates = [folder / f"{path.name}{ext}" for folder in (path.parent / "images", path.parent) for ext in IMAGE_EXTS]
-    return next((c for c in candidates if c.is_file()), path)
-
-
-def output_names(paths: list[Path]) -> list[str]:
-    """A file name stem per image; repeated stems get ``_2``, ``_3``, ..."""
-    seen: dict[str, int] = {}
-    names = []
-    for p in paths:
-        seen[p.stem] = seen.get(p.stem, 0) + 1
-        names.append(p.stem if seen[p.stem] == 1 else f"{p.stem}_{seen[p.stem]}")
-    return names
-
-
-# ----------------------------------------------------------------------------- drawing
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, names, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) RGB: ``image`` blended with the class colours, a legend of the classes present (most
-    pixels first) in the top-left corner."""
-    import cv2
-
-    color = colorize(pred, palette).astype(np.float32)
-    out = (image.astype(np.float32) * (1 - alpha) + color * alpha).round().astype(np.uint8)
-    counts = np.bincount(pred.ravel(), minlength=len(names))[: len(names)]
-    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
-    scale = max(0.4, min(out.shape[:2]) / 700)
-    row, pad = int(round(24 * scale)), int(round(6 * scale))
-    width = max(cv2.getTextSize(str(names[c]), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in present)
-    box_w, box_h = min(out.shape[1], 3 * pad + row + width), min(out.shape[0], pad + row * len(present))
-    panel = out[:box_h, :box_w].astype(np.float32)
-    out[:box_h, :box_w] = (panel * 0.3 + 255 * 0.7).astype(np.uint8)  # a light panel behind the legend
-    for i, c in enumerate(present):
-        y = pad + i * row
-        colour = tuple(int(v) for v in palette[c])
-        cv2.rectangle(out, (pad, y), (pad + row - pad, y + row - pad), colour, thickness=-1)
-        cv2.putText(out, str(names[c]), (2 * pad + row, y + row - 2 * pad), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-    return out
-
-
-def write_outputs(out_dir: Path, name: str, image, pred, palette, names, alpha) -> None:
-    import cv2
-
-    for sub, array in (("index", pred), ("color", colorize(pred, palette)[..., ::-1]),
-                       ("overlay", overlay(image, pred, palette, names, alpha)[..., ::-1])):
-        target = out_dir / sub / f"{name}.png"
-        if not cv2.imwrite(str(target), np.ascontiguousarray(array)):
-            raise UserError(f"{target}: cannot be written; check the --out folder's permissions and free space")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -174,11 +93,9 @@ def build_evaluator(args, meta, names, palette, onnx: bool):
     from ..engine import dist
     from ..engine.evaluator import Evaluator
 
-    recorded = meta.get("eval") or {}
-    crop = 0 if args.whole else (args.crop or int(recorded.get("crop", 512)))
-    cfg = EasyDict(num_classes=int(meta["num_classes"]), eval_crop=crop, eval_batch=args.batch,
-                   eval_scales=args.scales or recorded.get("scales", [1.0]),
-                   eval_flip=recorded.get("flip", False) if args.flip is None else args.flip, eval_amp="none")
+    settings = EvalSettings.of(meta.get("eval"), args.crop, args.whole, args.scales, args.flip, args.batch)
+    cfg = EasyDict(num_classes=int(meta["num_classes"]), eval_crop=settings.crop, eval_batch=settings.batch,
+                   eval_scales=list(settings.scales), eval_flip=settings.flip, eval_amp="none")
     device = "cpu" if onnx else dist.resolve_device(args.device)
     return Evaluator(cfg, device, class_names=names, palette=palette)
 
@@ -191,8 +108,6 @@ def predict_all(args) -> list[str]:
     import torch
     from tqdm import tqdm
 
-    from ..datasets.dataset import read_image
-
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = collect_inputs(args.inputs)
@@ -200,34 +115,17 @@ def predict_all(args) -> list[str]:
     evaluator = build_evaluator(args, meta, names, palette, onnx=not isinstance(network, torch.nn.Module))
     if isinstance(network, torch.nn.Module):
         network = network.to(evaluator.device).eval()
-    out_dir = Path(args.out)
-    for sub in ("index", "color", "overlay"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    failures = []
-    bar = tqdm(list(zip(paths, output_names(paths))), desc="predict", unit="img", dynamic_ncols=True)
-    for path, name in bar:
-        try:
-            image = read_image(path)
-        except UserError as err:
-            failures.append(str(err))
-            bar.write(f"error: {err}", file=sys.stderr)
-            continue
-        pred = evaluator.predict(network, image).argmax(0).to(torch.uint8).cpu().numpy()
-        write_outputs(out_dir, name, image, pred, evaluator.palette, names, args.alpha)
-    print(f"{len(paths) - len(failures)} of {len(paths)} image(s) -> {out_dir}/{{index,color,overlay}}/")
-    return failures
+
+    def predict_index(image):
+        return evaluator.predict(network, image).argmax(0).to(torch.uint8).cpu().numpy()
+
+    return predict_images(paths, predict_index, args.out, names, evaluator.palette, args.alpha,
+                          progress=lambda items: tqdm(items, desc="predict", unit="img", dynamic_ncols=True))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-
-    def body():
-        failures = predict_all(args)
-        if failures:
-            print(f"{len(failures)} image(s) could not be read:\n  " + "\n  ".join(failures), file=sys.stderr)
-            return 1
-
-    return run_cli(body)
+    return run_cli(lambda: report_failures(predict_all(args)))
 
 
 if __name__ == "__main__":
