@@ -29,6 +29,17 @@ def run(args, timeout=600):
                           timeout=timeout)
 
 
+def call(main, args, capsys):
+    """A command's ``main`` run in this process (the subprocess start-up, mostly importing torch, is ~5 s):
+    ``(exit status, stdout, stderr)``."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def segmentor(path, arch="resnet18", num_classes=7, seed=0, extra=None, **options):
     torch.manual_seed(seed)
     net = DeepLabV3Plus.from_arch(arch, num_classes, **options).eval()
@@ -80,45 +91,49 @@ def test_export_cli_writes_checked_file_with_class_metadata_and_latency(tmp_path
     assert meta["num_classes"] == 21 and meta["class_names"] == list(VOC_CLASSES) and meta["dataset"] == "voc"
 
 
-def test_predict_refuses_an_onnx_file_of_another_class_count(tmp_path):
+def test_predict_refuses_an_onnx_file_of_another_class_count(tmp_path, capsys):
+    from furnace.tools import predict
+
     seven, city = tmp_path / "seven.pth", tmp_path / "city.pth"
     segmentor(seven, width_mult=0.25, head_channels=64)
     net = segmentor(city, arch="mobilenetv2", num_classes=19, width_mult=0.25, head_channels=64)
     export_onnx(net, tmp_path / "city.onnx", onnx_meta(net, {"num_classes": 19}))
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
-    proc = run(["-m", "furnace.tools.predict", seven, image, "--onnx", tmp_path / "city.onnx", "--out", tmp_path / "o"])
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    code, _, err = call(predict.main, [seven, image, "--onnx", tmp_path / "city.onnx", "--out", tmp_path / "o"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
     assert "city.onnx: the ONNX file predicts 19 classes but" in lines[0] and "seven.pth has 7" in lines[0]
     assert "furnace.tools.export" in lines[0] and not (tmp_path / "o" / "index").exists()
     # the .onnx file alone: its metadata gives the classes (19 and no names recorded -> Cityscapes')
-    proc = run(["-m", "furnace.tools.predict", tmp_path / "city.onnx", image, "--out", tmp_path / "alone"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = call(predict.main, [tmp_path / "city.onnx", image, "--out", tmp_path / "alone"], capsys)
+    assert code == 0, err[-2000:]
     color = cv2.imread(str(tmp_path / "alone" / "color" / "a.png"))[..., ::-1].reshape(-1, 3)
     assert set(map(tuple, color.tolist())) <= set(CITY_COLORS)
     # a classes.txt of another class count is refused the same way
     (tmp_path / "classes.txt").write_text("a\nb\n")
-    proc = run(["-m", "furnace.tools.predict", seven, image, "--classes", tmp_path / "classes.txt", "--out", tmp_path / "o"])
-    assert proc.returncode == 2 and "classes.txt: lists 2 classes but the network predicts 7" in proc.stderr
+    code, _, err = call(predict.main, [seven, image, "--classes", tmp_path / "classes.txt", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "classes.txt: lists 2 classes but the network predicts 7" in err
 
 
-def test_predict_reports_unreadable_images_and_goes_on(tmp_path):
+def test_predict_reports_unreadable_images_and_goes_on(tmp_path, capsys):
+    from furnace.tools import predict
+
     ck = tmp_path / "n.pth"
     segmentor(ck, width_mult=0.25, head_channels=64)  # no recorded classes: 7 -> the synthetic dataset's
     good = tmp_path / "imgs" / "good.jpg"
     good.parent.mkdir()
     cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not an image")
-    proc = run(["-m", "furnace.tools.predict", ck, tmp_path / "imgs", "--out", tmp_path / "o", "--crop", "32",
-                "--scales", "0.75", "1.0", "--flip"])
-    assert proc.returncode == 1, proc.stderr
-    assert "broken.png: image cannot be decoded" in proc.stderr and "1 image(s) could not be read" in proc.stderr
+    code, _, err = call(predict.main, [ck, tmp_path / "imgs", "--out", tmp_path / "o", "--crop", "32",
+                "--scales", "0.75", "1.0", "--flip"], capsys)
+    assert code == 1, err
+    assert "broken.png: image cannot be decoded" in err and "1 image(s) could not be read" in err
     for sub in ("index", "color", "overlay"):
         out = cv2.imread(str(tmp_path / "o" / sub / "good.png"), cv2.IMREAD_UNCHANGED)
         assert out.shape[:2] == (50, 70)
-    proc = run(["-m", "furnace.tools.predict", ck, tmp_path / "nothing_here", "--out", tmp_path / "o"])
-    assert proc.returncode == 2 and "nothing_here: INPUT not found" in proc.stderr
+    code, _, err = call(predict.main, [ck, tmp_path / "nothing_here", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "nothing_here: INPUT not found" in err
 
 
 @pytest.mark.skipif(not CITY_SAMPLE.is_dir(), reason="../shared/data/cityscapes_sample is not present")
@@ -144,24 +159,28 @@ def test_predict_on_cityscapes_sample_images_at_full_resolution(tmp_path):
         assert len(np.unique(index)) > 1
 
 
-def test_convert_official_records_the_dataset(tmp_path, fill_weights):
+def test_convert_official_records_the_dataset(tmp_path, fill_weights, capsys):
+    from furnace.tools import convert_official
+
     src = tmp_path / "orig.pth"
     torch.save({"model": fill_weights.original_state_dict("mobilenetv2")}, src)
     dst = tmp_path / "voc.pth"
-    proc = run(["-m", "furnace.tools.convert_official", src, dst, "--arch", "mobilenetv2", "--dataset", "voc"])
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = call(convert_official.main, [src, dst, "--arch", "mobilenetv2", "--dataset", "voc"], capsys)
+    assert code == 0, err
     meta = read_segmentor_meta(dst)
     assert meta["dataset"] == "voc" and meta["class_names"] == list(VOC_CLASSES) and len(meta["palette"]) == 21
-    proc = run(["-m", "furnace.tools.convert_official", src, tmp_path / "c.pth", "--arch", "mobilenetv2",
-                "--dataset", "cityscapes"])
-    assert proc.returncode == 2 and "has 21 classes but --dataset cityscapes has 19" in proc.stderr
+    code, _, err = call(convert_official.main, [src, tmp_path / "c.pth", "--arch", "mobilenetv2",
+                                               "--dataset", "cityscapes"], capsys)
+    assert code == 2 and "has 21 classes but --dataset cityscapes has 19" in err
 
 
-def test_export_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+def test_export_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     """Every tool ends on a user error the same way: one ``error:`` line naming the file, exit status 2."""
-    proc = run(["-m", "furnace.tools.export", tmp_path / "nope.pth", "--out", tmp_path / "x.onnx"])
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    from furnace.tools import export
+
+    code, _, err = call(export.main, [tmp_path / "nope.pth", "--out", tmp_path / "x.onnx"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
     assert "nope.pth" in lines[0] and not (tmp_path / "x.onnx").exists()
 
 

@@ -1,5 +1,5 @@
-"""tools/gpu_check.sh: its CPU dry run (the same steps at the smallest sizes) and the JSON it writes;
-the carried wheels and the offline install's fallback."""
+"""tools/gpu_check.sh: its CPU dry run (the same steps at the smallest sizes, README command 1 in quick mode
+among them) and the JSON it writes; the carried wheels and the offline install's fallback."""
 import json
 import os
 import subprocess
@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import pytest
 
 from furnace.tools import gpu_check
@@ -47,9 +48,43 @@ def test_cpu_dry_run_writes_every_step_into_out(tmp_path):
     results = steps["pipeline"]["results"]
     assert set(results["miou"]) == {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
     assert results["quick"] and 0 < results["total_seconds"] <= steps["pipeline"]["seconds"]
-    assert (out / "pipeline" / "results.md").is_file()
     log = (out / "gpu_check.log").read_text()
     assert "share of the run" in log and "all steps passed" in proc.stdout
+    check_quick_pipeline(out / "pipeline", steps["pipeline"]["command"], (out / "pipeline.out").read_text())
+
+
+def check_quick_pipeline(out, cmd, stdout):
+    """README command 1 in quick mode (the dry run's last step): every stage trained for real and was evaluated,
+    the figures were written, and running the command again skips the five finished stages."""
+    results = json.loads((out / "results.json").read_text())
+    expected = {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
+    assert set(results["miou"]) == expected
+    assert len(set(results["miou"].values())) == len(expected)  # five different networks, each evaluated
+    assert expected <= set(results["seconds"])
+    # each stage's run evaluated its final network on the val set; the table reports those evaluations
+    for key in expected:
+        recorded = json.loads((out / key / "checkpoints" / "eval_results.json").read_text())
+        assert recorded["last"] == "epoch-2.pth"
+        assert results["miou"][key] == round(100 * recorded["results"]["epoch-2.pth"]["miou"], 2)
+    # the MGD student really learned from the teachers the CPS runs exported
+    teachers = out / "DATA" / "model-weight" / "teachers"
+    assert (teachers / "synthetic_1-8_resnet101.pth").is_file() and (teachers / "synthetic_1-8_wrn50_2.pth").is_file()
+    assert "training MGD" in (out / "student_mgd" / "log.txt").read_text()
+    assert "| student_mgd |" in (out / "results.md").read_text()
+    for fig in ("miou.png", "qualitative.png"):
+        image = cv2.imread(str(out / fig))
+        assert image is not None and image.shape[0] > 100 and image.shape[1] > 300
+    # finished stages are skipped when the pipeline runs again
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already trained") == 5
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["miou"] == results["miou"]
+    # the table says that this run's wall time does not include the reused stages' training
+    assert results["reused_stages"] == [] and "pipeline wall time" in stdout
+    assert rerun["reused_stages"] == sorted(expected, key=list(results["miou"]).index)
+    assert rerun["seconds"]["student_mgd"] == results["seconds"]["student_mgd"]
+    assert "5 of 5 stages were trained by an earlier run" in (out / "results.md").read_text()
 
 
 def test_carried_wheels_hold_the_missing_packages():
