@@ -215,8 +215,10 @@ def test_a_signal_reaches_torchrun_once_and_the_script_stops_after_it(tmp_path, 
     fake.write_text(FAKE_TORCHRUN)
     env = _env(tmp_path, TORCHRUN=f"{sys.executable} {fake}", FAKE_TORCHRUN_RECORD=str(record))
     del env["DRY_RUN"]
+    # SIGINT as a terminal would deliver it: a shell that starts with it ignored (pytest run with `&`) cannot trap it
     proc = subprocess.Popen(["bash", str(SYNTHETIC)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while not (record.is_file() and record.read_text().endswith("\n")):

@@ -3,8 +3,6 @@ segmentor files and the conversion of the original project's checkpoints."""
 import functools
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -396,7 +394,11 @@ def test_official_conversion_errors(tmp_path, capsys):
     assert not dst.exists()
 
 
-def test_convert_official_cli_help():
-    out = subprocess.run([sys.executable, "-m", "furnace.tools.convert_official", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+def test_convert_official_cli_help(capsys):
+    from furnace.tools import convert_official
+
+    with pytest.raises(SystemExit) as exc:
+        convert_official.main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
     assert "--branch" in out and "branch3" in out and "--num-classes" in out
