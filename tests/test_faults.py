@@ -221,6 +221,10 @@ def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_ends_bit_ide
     proc = start(["bash", "script.sh", "save_every_minutes=0.002"], cluster["exp"], run_env(cluster, out))
     try:
         wait_for_iteration(out, at, proc)
+        deadline = time.time() + 60  # and for a first complete save, so that there is something to resume from
+        while not (out / "checkpoints" / "latest.pth").is_file():
+            assert proc.poll() is None and time.time() < deadline, "no latest.pth was saved"
+            time.sleep(0.01)
         os.kill(rank_pid(out, victim), signal.SIGKILL)
         output = finish(proc, timeout=600)
     finally:

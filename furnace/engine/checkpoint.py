@@ -1,5 +1,6 @@
-"""A run's files in ``<output_dir>/checkpoints/``: ``latest.pth`` (the full training state, rewritten every epoch,
-``save_every_minutes`` and ``save_every_iters``), ``epoch-<e>.pth`` (segmentor file of ``method.eval_network()``
+"""A run's files in ``<output_dir>/checkpoints/``: ``latest.pth`` (the full training state, rewritten every
+``save_every_minutes``, every ``save_every_iters``, at the end and on a stop; at each epoch's end instead when
+``save_every_minutes`` is 0), ``epoch-<e>.pth`` (segmentor file of ``method.eval_network()``
 after 1-based epoch e) and ``eval_results.json`` (val metrics per snapshot, from the run's final evaluation and
 every eval.py)."""
 import contextlib
