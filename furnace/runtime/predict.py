@@ -24,10 +24,8 @@ from .session import OnnxModel
 from .sliding import EvalSettings, predict_logits
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m furnace.runtime.predict", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL.onnx", help="a file written by python -m furnace.tools.export")
+def add_prediction_options(p: argparse.ArgumentParser) -> None:
+    """INPUT... and the options both predictors take: output folder, windows, scales, flip, batch, threads, overlay."""
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or list files")
     p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/)")
     p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the recorded eval crop)")
@@ -36,8 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="add the horizontally mirrored windows' logits (default: as recorded)")
     p.add_argument("--batch", type=int, default=4, help="sliding windows per forward pass (default 4)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the runtime's default)")
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight in the overlay (default 0.5)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m furnace.runtime.predict", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL.onnx", help="a file written by python -m furnace.tools.export")
+    add_prediction_options(p)
     return p.parse_args(argv)
 
 

@@ -22,7 +22,7 @@ import sys
 
 from ..datasets.layouts import read_classes
 from ..runtime.images import collect_inputs
-from ..runtime.predict import predict_images, report_failures
+from ..runtime.predict import add_prediction_options, predict_images, report_failures
 from ..runtime.sliding import EvalSettings
 from ..utils import UserError, run_cli
 
@@ -31,19 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m furnace.tools.predict", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="segmentor file (.pth), or an exported .onnx file")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or list files")
-    p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/)")
+    add_prediction_options(p)
     p.add_argument("--onnx", default=None, help="run this exported file in ONNX Runtime instead of PyTorch")
     p.add_argument("--classes", default=None, help="a classes.txt whose names (and colours) replace the recorded ones")
-    p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the recorded eval crop)")
-    p.add_argument("--whole", action="store_true", help="the whole image in one pass instead of sliding windows")
-    p.add_argument("--scales", type=float, nargs="+", default=None, help="test scales (default: recorded, or 1.0)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the horizontally flipped image (default: as recorded)")
-    p.add_argument("--batch", type=int, default=4, help="sliding windows per forward pass (default 4)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the runtime's default)")
-    p.add_argument("--alpha", type=float, default=0.5, help="colour weight in the overlay (default 0.5)")
     return p.parse_args(argv)
 
 
