@@ -26,7 +26,7 @@ setup(
     packages=find_packages(include=["furnace", "furnace.*"]),
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17"],
         "deploy": ["onnx>=1.15", "onnxruntime>=1.17"],  # furnace.tools.export, predict --onnx
         "voc": ["scipy>=1.10"],  # prepare_voc reads SBD's .mat labels
     },
