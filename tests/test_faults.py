@@ -164,13 +164,19 @@ def start(cmd, cwd, env) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait_for_iteration(out: Path, it: int, proc, timeout=300.0) -> None:
-    log, deadline = out / "log.txt", time.time() + timeout
-    while not (log.is_file() and f" it {it}/" in log.read_text()):
-        if proc.poll() is not None:
-            raise AssertionError("the run ended early:\n" + proc.stdout.read()[-4000:])
-        assert time.time() < deadline, f"the run did not reach iteration {it}"
-        time.sleep(0.02)
+def wait_until(done, what: str, proc=None, timeout=300.0, poll=0.02) -> None:
+    """Poll ``done()`` until it is true; fail if ``proc`` (when given) ends first or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while not done():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}:\n" + proc.stdout.read()[-4000:])
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+def wait_for_iteration(out: Path, it: int, proc) -> None:
+    log = out / "log.txt"
+    wait_until(lambda: log.is_file() and f" it {it}/" in log.read_text(), f"iteration {it}", proc)
 
 
 def rank_pid(out: Path, rank: int) -> int:
@@ -221,10 +227,8 @@ def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_ends_bit_ide
     proc = start(["bash", "script.sh", "save_every_minutes=0.002"], cluster["exp"], run_env(cluster, out))
     try:
         wait_for_iteration(out, at, proc)
-        deadline = time.time() + 60  # and for a first complete save, so that there is something to resume from
-        while not (out / "checkpoints" / "latest.pth").is_file():
-            assert proc.poll() is None and time.time() < deadline, "no latest.pth was saved"
-            time.sleep(0.01)
+        # and for a first complete save, so that there is something to resume from
+        wait_until((out / "checkpoints" / "latest.pth").is_file, "a first latest.pth", proc, timeout=60, poll=0.01)
         os.kill(rank_pid(out, victim), signal.SIGKILL)
         output = finish(proc, timeout=600)
     finally:
@@ -249,10 +253,7 @@ def test_a_rank_that_stops_answering_fails_the_others_within_the_timeout(cluster
         stopped, waiting = rank_pid(out, 1), rank_pid(out, 0)
         os.kill(stopped, signal.SIGSTOP)
         # rank 0 blocks on rank 1 in the next collective; torch's default would wait 30 minutes
-        deadline = time.time() + 5 + 40
-        while alive(waiting):
-            assert time.time() < deadline, "rank 0 still waits for the stopped rank"
-            time.sleep(0.1)
+        wait_until(lambda: not alive(waiting), "rank 0 to stop waiting for the stopped rank", timeout=5 + 40, poll=0.1)
         os.kill(stopped, signal.SIGCONT)  # torchrun's SIGTERM is pending there: it may end now
         output = finish(proc, timeout=120)
     finally:
