@@ -1,6 +1,6 @@
 """The whole method on the embedded synthetic dataset, end to end, on whatever machine this is.
 
-    python exp.synthetic/pipeline.py [--seed S] [--out DIR] [--quick]
+    python exp.synthetic/pipeline.py [--seed S] [--out DIR] [--quick | --long]
 
 1. generates the synthetic VOC-shaped dataset (1/8 of the training images labeled),
 2. trains the deep (ResNet-101 family) and the wide (WRN-50-2 family) teachers with CPS + CutMix,
@@ -11,7 +11,8 @@
 
 Each stage is the experiment folder beside this file run as ``python train.py`` (a real training run
 with checkpoints and logs under ``OUT/<stage>/``). Re-running skips finished stages and resumes an
-interrupted one. ``--quick`` runs the same stages on a smaller dataset with a short schedule (tests).
+interrupted one. ``--quick`` runs the same stages on a smaller dataset with a short schedule (tests);
+``--long`` trains the teachers twice and the students four times as long (README, "The synthetic demo").
 """
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ STAGES = [
     ("student_cps", "syn8.resnet18_cps", "ResNet-18, CPS", ()),
     ("student_mgd", "syn8.resnet18_deeplabv3plus", "ResNet-18, MGD", ("teacher_deep", "teacher_wide")),
 ]
-# Dataset and schedule of the two modes; everything else is the experiment folders' config.
-FULL = {"num_train": 480, "num_val": 600, "size": 64, "overrides": []}
-QUICK = {"num_train": 96, "num_val": 24, "size": 48, "overrides": ["epochs=2", "crop_size=48", "eval_crop=48"]}
+# Dataset and schedule of each mode (overrides per stage); everything else is the experiment folders' config.
+FULL = {"num_train": 480, "num_val": 600, "size": 64, "overrides": {}}
+QUICK = {"num_train": 96, "num_val": 24, "size": 48,
+         "overrides": {key: ["epochs=2", "crop_size=48", "eval_crop=48"] for key, *_ in STAGES}}
+LONG = dict(FULL, overrides={"teacher_deep": ["epochs=24"], "teacher_wide": ["epochs=26"],
+                             **{key: ["epochs=16"] for key, *_ in STAGES if key.startswith("student")}})
+MODES = {"default": FULL, "quick": QUICK, "long": LONG}
 
 
 def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides: list[str]) -> list[str]:
@@ -48,7 +53,7 @@ def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides:
             f"seed={seed}", "num_workers=0", *overrides]
 
 
-def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str],
+def run_stages(out: Path, data_root: Path, seed: int, overrides: dict[str, list[str]],
                jobs: int) -> tuple[dict[str, float], list[str]]:
     """Run the unfinished stages, up to ``jobs`` at a time, each after the stages it needs.
 
@@ -74,7 +79,7 @@ def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str],
             (out / key).mkdir(parents=True, exist_ok=True)
             log = open(out / key / "stdout.txt", "a")
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
-            proc = subprocess.Popen(stage_command(folder, out / key, data_root, seed, overrides), cwd=HERE / folder,
+            proc = subprocess.Popen(stage_command(folder, out / key, data_root, seed, overrides.get(key, [])), cwd=HERE / folder,
                                     env=env, stdout=log, stderr=subprocess.STDOUT)
             running[key] = (proc, time.time(), log)
             pending.remove(stage)
@@ -201,7 +206,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="dataset generator and training seed")
     parser.add_argument("--out", default="output/synthetic", help="output folder (default: output/synthetic)")
-    parser.add_argument("--quick", action="store_true", help="small data and a short schedule (about a minute)")
+    schedule = parser.add_mutually_exclusive_group()
+    schedule.add_argument("--quick", action="store_true", help="small data and a short schedule (about a minute)")
+    schedule.add_argument("--long", action="store_true", help="teachers x2 and students x4 the default schedule")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="stages trained side by side (default: 2, or 1 on a single core)")
     args = parser.parse_args(argv)
@@ -209,10 +216,16 @@ def main(argv=None) -> dict:
     from furnace.datasets.layouts import LAYOUTS
     from furnace.datasets.make_synthetic import generate
 
-    mode = QUICK if args.quick else FULL
+    name = "quick" if args.quick else "long" if args.long else "default"
+    mode = MODES[name]
     out = Path(args.out).resolve()
     data_root = out / "DATA"
+    made = out / "mode.txt"  # finished stages are reused only by a run of the same mode and seed
+    if made.exists() and made.read_text().split() != [name, str(args.seed)]:
+        raise SystemExit(f"{out} holds a run of mode/seed {' '.join(made.read_text().split())}, not {name} {args.seed}: "
+                         f"pass another --out (or delete that folder)")
     out.mkdir(parents=True, exist_ok=True)
+    made.write_text(f"{name} {args.seed}\n")
     seconds = {}
     start = t0 = time.time()
     marker = data_root / "synthetic" / ".complete"
@@ -240,6 +253,7 @@ def main(argv=None) -> dict:
         "labeled_ratio": 8,
         "seed": args.seed,
         "quick": args.quick,
+        "mode": name,
         "per_class_iou": {k: {name: _percent(v) for name, v in r["iou"].items()}
                           for k, r in results.items()},
     }
@@ -258,7 +272,7 @@ def format_table(summary: dict) -> str:
     titles = {key: title for key, _, title, _ in STAGES}
     lines = [
         f"Synthetic dataset, 1/{summary['labeled_ratio']} labeled, seed {summary['seed']}"
-        + (" (quick mode)" if summary["quick"] else ""),
+        + (f" ({summary['mode']} mode)" if summary.get("mode", "default") != "default" else ""),
         "",
         "| network | what | val mIoU (%) | train wall time (s) |",
         "|---|---|---:|---:|",

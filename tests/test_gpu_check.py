@@ -85,6 +85,12 @@ def check_quick_pipeline(out, cmd, stdout):
     assert rerun["reused_stages"] == sorted(expected, key=list(results["miou"]).index)
     assert rerun["seconds"]["student_mgd"] == results["seconds"]["student_mgd"]
     assert "5 of 5 stages were trained by an earlier run" in (out / "results.md").read_text()
+    # another seed or mode in the same folder would reuse stages it did not train: it stops at once, losing nothing
+    for other_cmd in ([*cmd, "--seed", "1"], [c for c in cmd if c != "--quick"] + ["--long"]):
+        other = subprocess.run(other_cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0 and "holds a run of mode/seed quick 0" in other.stderr
+        assert "pass another --out" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+        assert json.loads((out / "results.json").read_text()) == rerun
 
 
 def test_carried_wheels_hold_the_missing_packages():
