@@ -221,8 +221,9 @@ def main(argv=None) -> dict:
     out = Path(args.out).resolve()
     data_root = out / "DATA"
     made = out / "mode.txt"  # finished stages are reused only by a run of the same mode and seed
-    if made.exists() and made.read_text().split() != [name, str(args.seed)]:
-        raise SystemExit(f"{out} holds a run of mode/seed {' '.join(made.read_text().split())}, not {name} {args.seed}: "
+    held = made.read_text().split() if made.exists() else [name, str(args.seed)]
+    if held != [name, str(args.seed)]:
+        raise SystemExit(f"{out} holds a run of mode/seed {' '.join(held)}, not {name} {args.seed}: "
                          f"pass another --out (or delete that folder)")
     out.mkdir(parents=True, exist_ok=True)
     made.write_text(f"{name} {args.seed}\n")
@@ -252,7 +253,6 @@ def main(argv=None) -> dict:
         "seconds": seconds,
         "labeled_ratio": 8,
         "seed": args.seed,
-        "quick": args.quick,
         "mode": name,
         "per_class_iou": {k: {name: _percent(v) for name, v in r["iou"].items()}
                           for k, r in results.items()},
@@ -272,7 +272,7 @@ def format_table(summary: dict) -> str:
     titles = {key: title for key, _, title, _ in STAGES}
     lines = [
         f"Synthetic dataset, 1/{summary['labeled_ratio']} labeled, seed {summary['seed']}"
-        + (f" ({summary['mode']} mode)" if summary.get("mode", "default") != "default" else ""),
+        + (f" ({summary['mode']} mode)" if summary["mode"] != "default" else ""),
         "",
         "| network | what | val mIoU (%) | train wall time (s) |",
         "|---|---|---:|---:|",

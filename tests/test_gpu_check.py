@@ -47,7 +47,7 @@ def test_cpu_dry_run_writes_every_step_into_out(tmp_path):
     # the synthetic pipeline end to end, with every stage's result
     results = steps["pipeline"]["results"]
     assert set(results["miou"]) == {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
-    assert results["quick"] and 0 < results["total_seconds"] <= steps["pipeline"]["seconds"]
+    assert results["mode"] == "quick" and 0 < results["total_seconds"] <= steps["pipeline"]["seconds"]
     log = (out / "gpu_check.log").read_text()
     assert "share of the run" in log and "all steps passed" in proc.stdout
     check_quick_pipeline(out / "pipeline", steps["pipeline"]["command"], (out / "pipeline.out").read_text())

@@ -20,7 +20,8 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
                    cpu_bf16: bool | None = None) -> dict:
     """One MGD step (forward, backward, SGD update) at ``batch`` x ``crop`` two ways, steps alternating: the
     *reference* path (each teacher called on x_l, u0, u1 and x_m; fp32, NCHW) and the *optimized* one
-    (teacher_impl="batched": one inference-mode pass of BN-folded channels_last teachers; on CUDA bf16 autocast).
+    (teacher_impl="batched": one inference-mode pass of BN-folded channels_last teachers; on CUDA bf16 autocast,
+    on a CPU fp32).
     Random networks at ``width_mult`` / ``head_channels`` (1.0 / 256: the real ones), the teachers loaded from
     files as training does. ``student_channels_last`` None: on CUDA only. ``compile_mode``: "off", "teachers" (as
     ``compile_teachers=true``) or "student". Returns median ms per path, ``speedup``, images/s, TFLOP/s and
@@ -28,7 +29,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     CPU with ``cpu_bf16`` (None: when it has native bf16) also the optimized path under bf16 autocast (``*_bf16``)."""
     if student_channels_last is None:  # on a CPU oneDNN's channels_last backward is slower for the student
         student_channels_last = device.type == "cuda"
-    amp = amp_dtype("auto", device)
+    amp = amp_dtype("auto", device) if device.type == "cuda" else None  # a CPU's bf16 path is measured beside
     data = synthetic_batch(batch, crop, num_classes)
     opts = dict(width_mult=width_mult, head_channels=head_channels)
     with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:

@@ -184,7 +184,7 @@ def step_pipeline(check: Check) -> None:
     results = folder / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        step["results"] = {k: r.get(k) for k in ("miou", "total_seconds", "seconds", "jobs", "quick")}
+        step["results"] = {k: r.get(k) for k in ("miou", "total_seconds", "seconds", "jobs", "mode")}
 
 
 STEPS = {"environment": step_environment, "install": step_install, "gpu_tests": step_gpu_tests,
