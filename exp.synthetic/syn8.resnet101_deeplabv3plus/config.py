@@ -10,6 +10,6 @@ C = config = synthetic_config(__file__)
 C.labeled_ratio = 8
 C.method = "cps"
 C.arch = "resnet101"
-C.epochs_per_ratio = {"16": 12, "8": 12, "4": 14, "2": 20}  # longer than the students (see README)
+C.epochs_per_ratio = {"16": 24, "8": 24, "4": 28, "2": 40}  # longer than the students (see README)
 C.lr = 0.03  # the best of 0.01-0.2 from scratch (docs/notes.md)
 C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet101.pth (what the students load)

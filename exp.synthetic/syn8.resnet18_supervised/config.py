@@ -11,4 +11,4 @@ C.labeled_ratio = 8
 C.method = "supervised"
 C.arch = "resnet18"
 C.lr = 0.015  # synthetic_config's student lr
-C.epochs_per_ratio = {"16": 4, "8": 4, "4": 5, "2": 8}  # the students' schedule (synthetic_config's)
+C.epochs_per_ratio = {"16": 8, "8": 8, "4": 10, "2": 16}  # the students' schedule (synthetic_config's)

@@ -10,6 +10,6 @@ C = config = synthetic_config(__file__)
 C.labeled_ratio = 8
 C.method = "cps"
 C.arch = "wrn50_2"
-C.epochs_per_ratio = {"16": 13, "8": 13, "4": 15, "2": 21}  # one epoch more than T_D: the wide family learns slower
+C.epochs_per_ratio = {"16": 26, "8": 26, "4": 30, "2": 42}  # one epoch more than T_D: the wide family learns slower
 C.lr = 0.05  # trains best a little hotter than T_D from scratch (docs/notes.md)
 C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_wrn50_2.pth (what the students load)
