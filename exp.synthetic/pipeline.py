@@ -1,6 +1,6 @@
 """The whole method on the embedded synthetic dataset, end to end, on whatever machine this is.
 
-    python exp.synthetic/pipeline.py [--seed S] [--out DIR] [--quick | --long]
+    python exp.synthetic/pipeline.py [--seed S] [--out DIR] [--quick]
 
 1. generates the synthetic VOC-shaped dataset (1/8 of the training images labeled),
 2. trains the deep (ResNet-101 family) and the wide (WRN-50-2 family) teachers with CPS + CutMix,
@@ -11,8 +11,7 @@
 
 Each stage is the experiment folder beside this file run as ``python train.py`` (a real training run
 with checkpoints and logs under ``OUT/<stage>/``). Re-running skips finished stages and resumes an
-interrupted one. ``--quick`` runs the same stages on a smaller dataset with a short schedule (tests);
-``--long`` trains the teachers twice and the students four times as long (README, "The synthetic demo").
+interrupted one. ``--quick`` runs the same stages on a smaller dataset with a short schedule (tests).
 """
 from __future__ import annotations
 
@@ -38,13 +37,9 @@ STAGES = [
     ("student_cps", "syn8.resnet18_cps", "ResNet-18, CPS", ()),
     ("student_mgd", "syn8.resnet18_deeplabv3plus", "ResNet-18, MGD", ("teacher_deep", "teacher_wide")),
 ]
-# Dataset and schedule of each mode (overrides per stage); everything else is the experiment folders' config.
-FULL = {"num_train": 480, "num_val": 600, "size": 64, "overrides": {}}
-QUICK = {"num_train": 96, "num_val": 24, "size": 48,
-         "overrides": {key: ["epochs=2", "crop_size=48", "eval_crop=48"] for key, *_ in STAGES}}
-LONG = dict(FULL, overrides={"teacher_deep": ["epochs=24"], "teacher_wide": ["epochs=26"],
-                             **{key: ["epochs=16"] for key, *_ in STAGES if key.startswith("student")}})
-MODES = {"default": FULL, "quick": QUICK, "long": LONG}
+# Dataset and schedule of each mode (overrides of every stage); everything else is the experiment folders' config.
+MODES = {"default": {"num_train": 480, "num_val": 600, "size": 64, "overrides": []},
+         "quick": {"num_train": 96, "num_val": 24, "size": 48, "overrides": ["epochs=2", "crop_size=48", "eval_crop=48"]}}
 
 
 def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides: list[str]) -> list[str]:
@@ -53,7 +48,7 @@ def stage_command(folder: str, out: Path, data_root: Path, seed: int, overrides:
             f"seed={seed}", "num_workers=0", *overrides]
 
 
-def run_stages(out: Path, data_root: Path, seed: int, overrides: dict[str, list[str]],
+def run_stages(out: Path, data_root: Path, seed: int, overrides: list[str],
                jobs: int) -> tuple[dict[str, float], list[str]]:
     """Run the unfinished stages, up to ``jobs`` at a time, each after the stages it needs.
 
@@ -79,7 +74,7 @@ def run_stages(out: Path, data_root: Path, seed: int, overrides: dict[str, list[
             (out / key).mkdir(parents=True, exist_ok=True)
             log = open(out / key / "stdout.txt", "a")
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
-            proc = subprocess.Popen(stage_command(folder, out / key, data_root, seed, overrides.get(key, [])), cwd=HERE / folder,
+            proc = subprocess.Popen(stage_command(folder, out / key, data_root, seed, overrides), cwd=HERE / folder,
                                     env=env, stdout=log, stderr=subprocess.STDOUT)
             running[key] = (proc, time.time(), log)
             pending.remove(stage)
@@ -206,9 +201,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="dataset generator and training seed")
     parser.add_argument("--out", default="output/synthetic", help="output folder (default: output/synthetic)")
-    schedule = parser.add_mutually_exclusive_group()
-    schedule.add_argument("--quick", action="store_true", help="small data and a short schedule (about a minute)")
-    schedule.add_argument("--long", action="store_true", help="teachers x2 and students x4 the default schedule")
+    parser.add_argument("--quick", action="store_true", help="small data and a short schedule (about a minute)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="stages trained side by side (default: 2, or 1 on a single core)")
     args = parser.parse_args(argv)
@@ -216,7 +209,7 @@ def main(argv=None) -> dict:
     from furnace.datasets.layouts import LAYOUTS
     from furnace.datasets.make_synthetic import generate
 
-    name = "quick" if args.quick else "long" if args.long else "default"
+    name = "quick" if args.quick else "default"
     mode = MODES[name]
     out = Path(args.out).resolve()
     data_root = out / "DATA"

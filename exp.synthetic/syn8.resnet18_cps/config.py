@@ -11,5 +11,5 @@ C.labeled_ratio = 8
 C.method = "cps"
 C.arch = "resnet18"
 C.lr = 0.015  # synthetic_config's student lr
-C.epochs_per_ratio = {"16": 8, "8": 8, "4": 10, "2": 16}  # the students' schedule (synthetic_config's)
+C.epochs_per_ratio = {"16": 16, "8": 16, "4": 20, "2": 32}  # the students' schedule (synthetic_config's)
 C.export_teacher = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet18.pth

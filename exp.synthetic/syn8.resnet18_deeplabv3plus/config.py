@@ -15,4 +15,4 @@ C.lambda_region = 100.0
 C.teacher_deep = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_resnet101.pth
 C.teacher_wide = ""  # "" -> <data_root>/model-weight/teachers/synthetic_1-8_wrn50_2.pth
 C.lr = 0.015  # synthetic_config's student lr
-C.epochs_per_ratio = {"16": 8, "8": 8, "4": 10, "2": 16}  # the students' schedule (synthetic_config's)
+C.epochs_per_ratio = {"16": 16, "8": 16, "4": 20, "2": 32}  # the students' schedule (synthetic_config's)

@@ -11,4 +11,4 @@ C.labeled_ratio = 8
 C.method = "supervised"
 C.arch = "resnet18"
 C.lr = 0.015  # synthetic_config's student lr
-C.epochs_per_ratio = {"16": 8, "8": 8, "4": 10, "2": 16}  # the students' schedule (synthetic_config's)
+C.epochs_per_ratio = {"16": 16, "8": 16, "4": 20, "2": 32}  # the students' schedule (synthetic_config's)
