@@ -325,6 +325,22 @@ def test_int8_export_reports_latency_and_agreement_and_keeps_the_metadata(tmp_pa
     assert meta["num_classes"] == 7 and meta["dataset"] == "synthetic" and meta["int8"]["fp32_nodes"] == ["/classifier/*"]
 
 
+def test_int8_report_on_stdout_stays_json_with_a_histogram_calibrator(tmp_path, capsys):
+    """ONNX Runtime's histogram calibrators print progress lines; they go to stderr, not into the report."""
+    from furnace.tools import export
+
+    ck = tmp_path / "s.pth"
+    tiny_student(ck)
+    write_images(tmp_path / "calib", 1)
+    code = export.main([str(ck), "--out", str(tmp_path / "s.int8.onnx"), "--int8", "--calib", str(tmp_path / "calib"),
+                        "--calib-crops", "2", "--calib-method", "percentile", "--no-reduce-range",
+                        "--check-sizes", "1x32x32", "--no-latency"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    int8 = json.loads(out.out)["int8"]
+    assert (int8["method"], int8["reduce_range"], int8["calib_crops"]) == ("percentile", False, 2)
+
+
 def test_int8_options_are_checked_before_any_work(tmp_path, capsys):
     from furnace.tools import export
 
