@@ -27,6 +27,7 @@ The dynamo exporter (``torch.onnx.export(dynamo=True)``) needs the ``onnxscript`
 not installed, or fails, the TorchScript exporter (``dynamo=False``) is used and the JSON says which.
 """
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
@@ -294,7 +295,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
-        text = json.dumps(run(args), indent=2)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the report's: progress printed on the way goes aside
+            text = json.dumps(run(args), indent=2)
         print(text)
         if args.json:
             Path(args.json).write_text(text + "\n", encoding="utf-8")

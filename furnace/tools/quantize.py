@@ -7,7 +7,6 @@ flip); ``crops`` of them, spread evenly over all, go through ONNX Runtime's cali
 fp32 file is first prepared with ``onnxruntime.quantization.shape_inference.quant_pre_process``; nodes
 matching the ``fp32_nodes`` patterns stay in fp32.
 """
-import contextlib
 import fnmatch
 import json
 import statistics
@@ -142,15 +141,13 @@ def quantize_int8(fp32_path, out_path, reader: CalibrationWindows, options: Quan
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         excluded = _nodes_matching(prepared, options.fp32_nodes)
-        with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print; stdout is the report's
-            quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=options.reduce_range, activation_type=activation,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                            calibrate_method=methods[options.method],
-                            # one crop per calibrator pass: the histogram methods keep every activation of a pass;
-                            # a BatchNormalization left unfolded (after a Concat) has rank-1 scales: channel axis 0
-                            extra_options={"CalibStridedMinMax": 1,
-                                           "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
+        quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=options.reduce_range, activation_type=activation, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, calibrate_method=methods[options.method],
+                        # one crop per calibrator pass: the histogram methods keep every activation of a pass;
+                        # a BatchNormalization left unfolded (after a Concat) has rank-1 scales: channel axis 0
+                        extra_options={"CalibStridedMinMax": 1,
+                                       "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
     source, model = onnx.load(str(fp32_path)), onnx.load(str(out_path))
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
