@@ -4,7 +4,7 @@ import torch
 
 from furnace.config import prepare, synthetic_config
 from furnace.datasets import to_device
-from furnace.datasets.batch import LABELED_KEYS, synthetic_batch
+from furnace.datasets.batch import IMAGE_L, LABELED_KEYS, synthetic_batch
 from furnace.methods import build_method
 from furnace.models import load_segmentor
 from furnace.utils import UserError
@@ -119,6 +119,22 @@ def test_compiled_teachers_compute_the_reference_losses(tmp_path, teachers, monk
     assert all(p.grad is not None for p in compiled.student.parameters() if p.requires_grad)
     with pytest.raises(UserError, match="compile_teachers=true .*teacher_impl=batched"):
         prepare(small_cfg(tmp_path, method="mgd", compile_teachers=True, teacher_impl="reference", **teachers))
+
+
+def test_teacher_outputs_can_enter_a_compiled_loss_under_bf16(mgd, tmp_path, monkeypatch):
+    """Found on a GPU (compile=true, bf16): a compiled graph may keep an input for its backward (here the bf16
+    logits, recomputing their argmax), which a tensor made under inference_mode refuses. The teachers' outputs
+    are ordinary tensors without gradient."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    from furnace.losses import hard_pseudo_label, pixel_consistency_loss
+
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = mgd.teachers["teacher_deep"](batch()[IMAGE_L]).logits[0]
+    assert logits.dtype == torch.bfloat16 and not logits.requires_grad
+    student = torch.randn(logits.shape, requires_grad=True)
+    loss = torch.compile(lambda s, t: pixel_consistency_loss(s, hard_pseudo_label(t)))(student, logits)
+    loss.backward()
+    assert student.grad.abs().sum() > 0
 
 
 def test_teacher_bn_train_switch_reproduces_reference_behaviour(tmp_path, teachers):

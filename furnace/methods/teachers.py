@@ -48,7 +48,9 @@ class FrozenTeacher:
 
         self._call = call
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: a compiled student graph may keep these outputs for its backward
+    # (compile=true found it on a GPU), which inference tensors refuse
+    @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> TeacherOutput:
         if not self.fast:
             outs = [self.network(x, return_feature=True) for x in inputs]

@@ -58,7 +58,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
                    max_loss_rel_diff_bf16=_rel_diff({"reference": first["reference"], "optimized": first["optimized_bf16"]}))
     elif device.type == "cpu":
         out["bf16"] = "not measured: this CPU has no native bf16 (AVX-512 BF16 / AMX); --cpu-bf16 on measures the emulation"
-    out["optimized_settings"] = {"teachers": "one batched inference_mode pass each, channels_last",
+    out["optimized_settings"] = {"teachers": "one batched no_grad pass each, channels_last",
                                  "student_channels_last": student_channels_last,
                                  "autocast": str(amp).replace("torch.", "") if amp else "off", "compile": compile_mode}
     out.update(timed_steps=steps, warmup_steps=warmup,
