@@ -48,6 +48,8 @@ def test_cpu_dry_run_writes_every_step_into_out(tmp_path):
     results = steps["pipeline"]["results"]
     assert set(results["miou"]) == {"teacher_deep", "teacher_wide", "student_supervised", "student_cps", "student_mgd"}
     assert results["mode"] == "quick" and 0 < results["total_seconds"] <= steps["pipeline"]["seconds"]
+    for first, last in steps["pipeline"]["stages"].values():  # kept for a stopped step too: where each stage got to
+        assert first.startswith("training ") and "device cpu" in first and last.startswith("finished: iteration 20/20")
     log = (out / "gpu_check.log").read_text()
     assert "share of the run" in log and "all steps passed" in proc.stdout
     check_quick_pipeline(out / "pipeline", steps["pipeline"]["command"], (out / "pipeline.out").read_text())

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 WHEELS = REPO / "tools" / "wheels"
 NEEDED = {"easydict": "easydict", "tensorboardX": "tensorboardx"}  # import name -> wheel file prefix
-# Share of the budget per step (seconds of an 8-minute budget on one H100).
+# Share of the budget per step (seconds of the default 480 s; on an H200 gpu_tests took 164 s, benchmark 154 s).
 SHARES = {"environment": 10, "install": 20, "gpu_tests": 150, "benchmark": 150, "pipeline": 150}
 
 
@@ -181,6 +181,12 @@ def step_pipeline(check: Check) -> None:
         shutil.rmtree(folder)
     step = check.run("pipeline", [sys.executable, "exp.synthetic/pipeline.py", "--out", str(folder),
                                   *(["--quick"] if check.dry_run else [])])
+    stages = {}  # where each stage got to (device, schedule, last progress line), also when the step was stopped
+    for log in sorted(folder.glob("*/stdout.txt")):
+        lines = [ln.strip() for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+        stages[log.parent.name] = [ln for ln in lines if ln.startswith("training ")][:1] + lines[-1:]
+        check.say(f"  [{log.parent.name}] " + "  ...  ".join(stages[log.parent.name]))
+    step["stages"] = stages
     results = folder / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
