@@ -26,7 +26,8 @@ def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) 
     """Train the prepared ``cfg`` on this process's share; ``resume``: ``""``, ``"auto"`` or a ``latest.pth`` path.
     The parts default to the config's method (the same initial weights on every process), this rank's
     TrainLoader and the val set. Returns :func:`furnace.engine.trainer.train`'s result."""
-    # data and resume errors before the rendezvous: they stop every process alike, none is left waiting
+    # precision, data and resume errors before the rendezvous: they stop every process alike, none is left waiting
+    dist.amp_choice(cfg.amp, dist.resolve_device(cfg.device))  # e.g. amp=fp16 on a CPU
     if cfg.check_data:
         check_dataset(cfg)
     resume_path = ckpt.find_resume(cfg, resume)

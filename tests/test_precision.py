@@ -30,6 +30,17 @@ def test_amp_auto_follows_the_cpus_native_bf16(monkeypatch):
         dist.amp_choice("fp16", CPU)
 
 
+def test_a_precision_the_device_refuses_stops_the_run_before_anything_is_built_or_written(tmp_path, capsys):
+    C = synthetic_config()
+    C.update(data_root=str(tmp_path / "absent"), output_dir=str(tmp_path / "out"), device="cpu", amp="fp16")
+    with pytest.raises(SystemExit) as stop:
+        train_main(C, [])
+    assert stop.value.code == 2  # before the data check (its data_root does not exist) and before any file
+    assert capsys.readouterr().err.strip() == \
+        "error: config: amp=fp16 is for GPUs without bf16; on a CPU use amp=bf16, auto or none"
+    assert not (tmp_path / "out").exists()
+
+
 def test_native_bf16_detection_agrees_with_torchs_own_query():
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else None
     if flags is None:
