@@ -27,7 +27,8 @@ def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) 
     The parts default to the config's method (the same initial weights on every process), this rank's
     TrainLoader and the val set. Returns :func:`furnace.engine.trainer.train`'s result."""
     # precision, data and resume errors before the rendezvous: they stop every process alike, none is left waiting
-    dist.amp_choice(cfg.amp, dist.resolve_device(cfg.device))  # e.g. amp=fp16 on a CPU
+    for key in ("amp", "eval_amp"):  # e.g. amp=fp16 on a CPU
+        dist.amp_choice(cfg.get(key, "none"), dist.resolve_device(cfg.device), key)
     if cfg.check_data:
         check_dataset(cfg)
     resume_path = ckpt.find_resume(cfg, resume)

@@ -39,6 +39,10 @@ def test_a_precision_the_device_refuses_stops_the_run_before_anything_is_built_o
     assert capsys.readouterr().err.strip() == \
         "error: config: amp=fp16 is for GPUs without bf16; on a CPU use amp=bf16, auto or none"
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        train_main(C, ["amp=none", "eval_amp=fp16"])
+    assert capsys.readouterr().err.strip() == "error: config: eval_amp=fp16 is for GPUs without bf16; on a CPU use " \
+        "eval_amp=bf16 or none"
 
 
 def test_native_bf16_detection_agrees_with_torchs_own_query():

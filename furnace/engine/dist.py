@@ -183,28 +183,29 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def amp_choice(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """``(autocast dtype or None for fp32, why)`` for ``cfg.amp`` / ``cfg.eval_amp`` on ``device``. ``auto``:
-    bf16 where the GPU or CPU has it natively (no loss scaling), else fp16 on a GPU and fp32 on a CPU."""
+def amp_choice(amp: str, device: torch.device, key: str = "amp") -> tuple[torch.dtype | None, str]:
+    """``(autocast dtype or None for fp32, why)`` for ``cfg.amp`` / ``cfg.eval_amp`` (``key``) on ``device``.
+    ``auto``: bf16 where the GPU or CPU has it natively (no loss scaling), else fp16 on a GPU and fp32 on a CPU."""
     if amp == "none":
-        return None, "amp=none"
+        return None, f"{key}=none"
     if device.type == "cuda":
         if amp == "auto":
             bf16 = torch.cuda.is_bf16_supported()
             return (torch.bfloat16, "amp=auto, the GPU has bf16") if bf16 else (torch.float16, "amp=auto, no bf16 on this GPU")
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"amp={amp}"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"{key}={amp}"
     if amp == "fp16":
-        raise UserError("config: amp=fp16 is for GPUs without bf16; on a CPU use amp=bf16, auto or none")
+        choices = "bf16, auto or none" if key == "amp" else "bf16 or none"
+        raise UserError(f"config: {key}=fp16 is for GPUs without bf16; on a CPU use {key}={choices}")
     native = cpu_has_native_bf16()
     if amp == "auto":
         return (torch.bfloat16, "amp=auto, this CPU has native bf16 (AVX-512 BF16 / AMX)") if native else \
             (None, "amp=auto, this CPU has no native bf16 (AVX-512 BF16 / AMX)")
-    return torch.bfloat16, "amp=bf16" + ("" if native else ", emulated on this CPU: slow")
+    return torch.bfloat16, f"{key}=bf16" + ("" if native else ", emulated on this CPU: slow")
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device, key: str = "amp") -> torch.dtype | None:
     """The autocast dtype of :func:`amp_choice` (None: fp32)."""
-    return amp_choice(amp, device)[0]
+    return amp_choice(amp, device, key)[0]
 
 
 class StopRequest:

@@ -14,7 +14,7 @@ Prediction of one image (``Evaluator.predict``):
 * the scales are combined as the original did: the **raw logits** of each scale, resized to the image,
   are summed (no softmax). With one scale and no flip the result is the plain logits.
 
-Precision: fp32 unless ``cfg.eval_amp`` asks for bf16/fp16 autocast (CUDA only); the training ``amp``
+Precision: fp32 unless ``cfg.eval_amp`` asks for bf16 / fp16 (GPU only) autocast; the training ``amp``
 setting does not apply here.
 
 Metrics come from a C x C int64 confusion matrix (rows = ground truth, columns = prediction) over the
@@ -148,7 +148,7 @@ class Evaluator:
         self.batch = int(cfg.eval_batch)
         self.num_workers = int(cfg.get("num_workers", 0))
         self.device = torch.device(device) if device is not None else dist.resolve_device(cfg.get("device", "auto"))
-        self.dtype = dist.amp_dtype(cfg.get("eval_amp", "none"), self.device)
+        self.dtype = dist.amp_dtype(cfg.get("eval_amp", "none"), self.device, "eval_amp")
         self.channels_last = bool(cfg.get("channels_last", False)) and self.device.type == "cuda"
         if class_names is None or palette is None:
             names, pal = classes_and_palette(layout if layout is not None else layout_of(cfg), self.num_classes)
