@@ -203,11 +203,6 @@ def amp_choice(amp: str, device: torch.device, key: str = "amp") -> tuple[torch.
     return torch.bfloat16, f"{key}=bf16" + ("" if native else ", emulated on this CPU: slow")
 
 
-def amp_dtype(amp: str, device: torch.device, key: str = "amp") -> torch.dtype | None:
-    """The autocast dtype of :func:`amp_choice` (None: fp32)."""
-    return amp_choice(amp, device, key)[0]
-
-
 class StopRequest:
     """SIGTERM / SIGINT / SIGUSR1 handler for a ``with`` block: the first signal sets ``requested`` (the loop
     saves and exits); the same signal ``ABORT_AFTER_S`` or more later raises KeyboardInterrupt. Other repeats

@@ -148,7 +148,7 @@ class Evaluator:
         self.batch = int(cfg.eval_batch)
         self.num_workers = int(cfg.get("num_workers", 0))
         self.device = torch.device(device) if device is not None else dist.resolve_device(cfg.get("device", "auto"))
-        self.dtype = dist.amp_dtype(cfg.get("eval_amp", "none"), self.device, "eval_amp")
+        self.dtype = dist.amp_choice(cfg.get("eval_amp", "none"), self.device, "eval_amp")[0]
         self.channels_last = bool(cfg.get("channels_last", False)) and self.device.type == "cuda"
         if class_names is None or palette is None:
             names, pal = classes_and_palette(layout if layout is not None else layout_of(cfg), self.num_classes)

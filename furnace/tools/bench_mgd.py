@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..datasets.batch import synthetic_batch
-from ..engine.dist import amp_dtype, cpu_has_native_bf16
+from ..engine.dist import amp_choice, cpu_has_native_bf16
 from .timing import TrainStep, count_flops, no_tf32, run_steps, sync
 
 TEACHER_ARCHS = (("deep", "resnet101"), ("wide", "wrn50_2"))
@@ -29,7 +29,7 @@ def mgd_step_bench(device: torch.device, *, batch: int, crop: int, arch: str = "
     CPU with ``cpu_bf16`` (None: when it has native bf16) also the optimized path under bf16 autocast (``*_bf16``)."""
     if student_channels_last is None:  # on a CPU oneDNN's channels_last backward is slower for the student
         student_channels_last = device.type == "cuda"
-    amp = amp_dtype("auto", device) if device.type == "cuda" else None  # a CPU's bf16 path is measured beside
+    amp = amp_choice("auto", device)[0] if device.type == "cuda" else None  # a CPU's bf16 path is measured beside
     data = synthetic_batch(batch, crop, num_classes)
     opts = dict(width_mult=width_mult, head_channels=head_channels)
     with tempfile.TemporaryDirectory(prefix="mgd_bench_") as tmpdir:
@@ -100,7 +100,8 @@ def teacher_step_bench(device: torch.device, arch: str, *, batch: int, crop: int
     with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
         method = _method(device, 3, data_root=tmp, output_dir=tmp, arch=arch, method="cps", num_classes=num_classes,
                          width_mult=width_mult, head_channels=head_channels)
-    path = TrainStep("teacher", method, synthetic_batch(batch, crop, num_classes), device, amp_dtype("auto", device),
+    amp = amp_choice("auto", device)[0]
+    path = TrainStep("teacher", method, synthetic_batch(batch, crop, num_classes), device, amp,
                      channels_last=device.type == "cuda")
     run_steps([path], 1 + warmup, max(1, steps))
     ms = statistics.median(path.times)
