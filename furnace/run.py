@@ -7,6 +7,7 @@ torchrun): prepare the config once, build the method, datasets and models, hand 
 import math
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -89,17 +90,21 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         if missing:
             say(f"note: no snapshot for epoch(s) {ranges(missing)}; skipped", flush=True)
         results, metrics = {}, {}
+        # a file is named by its name, or by its path where two chosen files share a name (two stages' student.onnx)
+        counts = Counter(path.name for _, path in chosen)
         for epoch, path in chosen:
+            name = path.name if counts[path.name] == 1 else str(path)
             if path in onnx_nets:
                 net = onnx_nets[path]
             else:
                 net = ckpt.load_snapshot(path, map_location=evaluator.device).to(evaluator.device)
                 if evaluator.channels_last:  # the weights in the layout the evaluator feeds (CUDA only)
                     net = net.to(memory_format=torch.channels_last)
-            pred_dir = Path(args.save_pred) / (path.stem if len(chosen) > 1 else "") if args.save_pred else None
-            metrics[path.name] = res = evaluator.run(net, val_dataset, save_pred_dir=pred_dir, progress=True)
-            results[path.name] = ckpt.eval_entry(epoch, path, res, cfg)
-            say(f"{path.name}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}", flush=True)
+            sub = Path(name).stem if counts[path.name] == 1 else name.strip("/").replace("/", "_")
+            pred_dir = Path(args.save_pred) / (sub if len(chosen) > 1 else "") if args.save_pred else None
+            metrics[name] = res = evaluator.run(net, val_dataset, save_pred_dir=pred_dir, progress=True)
+            results[name] = ckpt.eval_entry(epoch, path, res, cfg)
+            say(f"{name}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}", flush=True)
         last, best = _report(metrics, say)
         snapshots = [path for _, path in chosen if path not in onnx_nets]
         json_path = (ckpt.eval_results_file(snapshots[-1]) if snapshots

@@ -136,6 +136,30 @@ def test_predict_reports_unreadable_images_and_goes_on(tmp_path, capsys):
     assert code == 2 and "nothing_here: INPUT not found" in err
 
 
+def test_predict_options_are_checked_before_the_model_loads_and_outputs_stay_out_of_the_inputs(tmp_path, capsys):
+    from furnace.runtime import predict as runtime_predict
+    from furnace.tools import predict
+
+    ck = tmp_path / "n.pth"
+    segmentor(ck, width_mult=0.25, head_channels=64)
+    imgs = write_images(tmp_path / "imgs", 2)
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--batch", "0"], "--batch 0: give at least 1"), (["--crop", "8"], "--crop 8: give at least 16"),
+             (["--crop", "32", "--whole"], "--crop 32 and --whole: give one"),
+             (["--scales", "0", "1"], "--scales 0.0 1.0: every scale must be above 0"),
+             (["--alpha", "3"], "--alpha 3.0: give a colour weight from 0 to 1")]
+    for main, model in ((predict.main, ck), (runtime_predict.main, tmp_path / "missing.onnx")):
+        for extra, message in [*cases, (["--out", tmp_path / "afile"], "afile: is a file; give a folder")]:
+            code, _, err = call(main, [model, imgs, "--out", tmp_path / "o", *extra], capsys)
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert code == 2 and len(lines) == 1 and message in lines[0], (extra, err)
+        assert not (tmp_path / "o").exists()
+    # a run whose output folder lies inside its input folder reads the same images the second time
+    for _ in range(2):
+        code, out, err = call(predict.main, [ck, imgs, "--out", imgs / "pred"], capsys)
+        assert code == 0 and "2 of 2 image(s)" in out, err
+
+
 @pytest.mark.skipif(not CITY_SAMPLE.is_dir(), reason="../shared/data/cityscapes_sample is not present")
 def test_predict_on_cityscapes_sample_images_at_full_resolution(tmp_path):
     images = sorted((CITY_SAMPLE / "leftImg8bit").rglob("*_leftImg8bit.png"))[:2]
@@ -358,6 +382,33 @@ def test_int8_options_are_checked_before_any_work(tmp_path, capsys):
         assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_a_failed_export_leaves_the_files_already_there(tmp_path, capsys):
+    """Options are checked before any work, and files are replaced only once every check passed: a pattern that
+    matches no node (found after the export) leaves the previous fp32 / INT8 pair as it was."""
+    from furnace.tools import export
+
+    ck = tmp_path / "s.pth"
+    tiny_student(ck)
+    before = ck.read_bytes()
+    write_images(tmp_path / "calib", 1)
+    for extra, message in [(["--out", ck], "s.pth: the file to write must be named *.onnx"),
+                           (["--out", tmp_path / "a.onnx", "--latency-sizes", "512"], "size '512' is not HxW"),
+                           (["--out", tmp_path / "a.onnx", "--check-sizes", "0x32x32"], "0x32x32: the batch")]:
+        code, _, err = call(export.main, [ck, *extra], capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (extra, err)
+    assert ck.read_bytes() == before and not list(tmp_path.glob("*.onnx"))
+    pair = {tmp_path / "s.onnx": b"earlier fp32", tmp_path / "s.int8.onnx": b"earlier int8"}
+    for path, data in pair.items():
+        path.write_bytes(data)
+    code, _, err = call(export.main, [ck, "--out", tmp_path / "s.int8.onnx", "--int8", "--calib", tmp_path / "calib",
+                                      "--calib-crops", "1", "--check-sizes", "1x32x32", "--no-latency",
+                                      "--fp32-nodes", "typo*"], capsys)
+    assert code == 2 and "--fp32-nodes 'typo*': matches no node" in err, err
+    assert {p: p.read_bytes() for p in pair} == pair
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "s.int8.onnx", "s.onnx", "s.pth"]  # no leftovers
+
+
 @pytest.fixture(scope="module")
 def synthetic_experiment(tmp_path_factory):
     """A tiny synthetic dataset, the ResNet-18 MGD experiment's config on it, and a snapshot of a random student."""
@@ -391,6 +442,13 @@ def test_eval_py_evaluates_an_exported_file_like_its_snapshot(synthetic_experime
     stored = json.loads((snapshot.parent / "eval_results.json").read_text())["results"]
     assert set(stored) >= {"epoch-1.pth", "student.onnx"} and stored["student.onnx"]["path"] == str(onnx_path)
     assert "student.onnx: mIoU" in capsys.readouterr().out
+    # two stages' student.onnx in one -e list: each its own entry, named by its path
+    other = tmp_path / "other" / "student.onnx"
+    tiny_student(tmp_path / "other.pth", arch="resnet18", seed=1, eval_record={"crop": 32, "scales": [1.0], "flip": True})
+    assert export.main([str(tmp_path / "other.pth"), "--out", str(other), "--check-sizes", "1x32x32", "--no-latency"]) == 0
+    both = eval_main(cfg, ["-e", f"{onnx_path},{other}"])["results"]
+    assert set(both) == {str(onnx_path), str(other)} and both[str(onnx_path)]["miou"] == onnx_res["miou"]
+    assert both[str(other)]["miou"] != onnx_res["miou"]
 
 
 def test_eval_py_refuses_an_onnx_file_of_another_class_count_or_not_onnx(synthetic_experiment, tmp_path, capsys):

@@ -95,14 +95,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def collect_inputs(inputs, what: str = "INPUT") -> list[Path]:
+def collect_inputs(inputs, what: str = "INPUT", exclude=None) -> list[Path]:
     """Image paths of the ``inputs`` arguments (image files, folders searched recursively, ``.txt`` lists),
     in order, each once. A missing argument, or none holding an image, is an error (before any compute);
-    files inside folders and lists are checked when read. ``what`` names the arguments in the message."""
+    files inside folders and lists are checked when read. ``what`` names the arguments in the message;
+    a folder's search skips the folder ``exclude`` (the run's own output folder)."""
     found: list[Path] = []
+    skip = Path(exclude).resolve() if exclude else None
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                            and not (skip and skip in p.resolve().parents))
         elif item.suffix.lower() == ".txt" and item.is_file():
             lines = [ln.strip() for ln in item.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
             found += [_list_entry(item.parent, line) for line in lines]
@@ -112,7 +115,8 @@ def collect_inputs(inputs, what: str = "INPUT") -> list[Path]:
             raise UserError(f"{item}: {what} not found; give image files, folders or .txt lists of image paths")
     unique = list(dict.fromkeys(found))
     if not unique:
-        raise UserError(f"no images found in {', '.join(map(str, inputs))} ({', '.join(IMAGE_EXTS)})")
+        raise UserError(f"{what} {' '.join(map(str, inputs))}: no images found ({', '.join(IMAGE_EXTS)}); give image "
+                        f"files, folders holding some or .txt lists of image paths")
     return unique
 
 

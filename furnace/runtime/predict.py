@@ -38,6 +38,23 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight in the overlay (default 0.5)")
 
 
+def check_prediction_options(args) -> None:
+    """The prediction options' errors, before a model is loaded or a file written."""
+    if args.whole and args.crop is not None:
+        raise UserError(f"--crop {args.crop} and --whole: give one (--whole runs the image in one pass)")
+    if args.crop is not None and args.crop < 16:
+        raise UserError(f"--crop {args.crop}: give at least 16 (or --whole for the image in one pass)")
+    if args.scales and min(args.scales) <= 0:
+        raise UserError(f"--scales {' '.join(map(str, args.scales))}: every scale must be above 0 (e.g. 0.75 1.0 1.25)")
+    if args.batch < 1 or args.threads < 0:
+        bad = f"--batch {args.batch}" if args.batch < 1 else f"--threads {args.threads}"
+        raise UserError(f"{bad}: give at least {1 if args.batch < 1 else 0}")
+    if not 0 <= args.alpha <= 1:
+        raise UserError(f"--alpha {args.alpha}: give a colour weight from 0 to 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file; give a folder for index/, color/ and overlay/")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m furnace.runtime.predict", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +99,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body():
-        paths = collect_inputs(args.inputs)
+        check_prediction_options(args)
+        paths = collect_inputs(args.inputs, exclude=args.out)
         model = OnnxModel(args.model, args.threads)
         names, palette = model.classes()
         settings = EvalSettings.of(model.meta.get("eval"), args.crop, args.whole, args.scales, args.flip, args.batch)

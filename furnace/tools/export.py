@@ -30,7 +30,9 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -244,9 +246,23 @@ def _check_shapes(texts) -> list[tuple[int, int, int]]:
     shapes = []
     for text in texts:
         parts = text.lower().split("x")
-        batch = int(parts[0]) if len(parts) == 3 and parts[0].isdigit() else 1
-        shapes.append((batch, *parse_size("x".join(parts[-2:]))))
+        if len(parts) == 3 and not (parts[0].isdigit() and int(parts[0]) >= 1):
+            raise UserError(f"--check-sizes {text}: the batch (before HxW) must be a whole number >= 1, e.g. 2x320x480")
+        shapes.append((int(parts[0]) if len(parts) == 3 else 1, *parse_size("x".join(parts[-2:]))))
     return shapes
+
+
+def check_args(args) -> tuple[list, list]:
+    """Every option's error before any work: the INT8 options, the files to write (``.onnx`` names, not
+    folders), the sizes, threads and runs. Returns the check shapes and the latency sizes."""
+    check_int8_args(args)
+    for path in {Path(args.out), fp32_path(args)}:
+        if path.suffix != ".onnx" or path.is_dir():
+            raise UserError(f"{path}: the file to write must be named *.onnx (and not be a folder); e.g. --out "
+                            f"student.onnx")
+    if args.threads < 0 or args.runs < 1:
+        raise UserError(f"--threads {args.threads} --runs {args.runs}: threads >= 0 (0 = default), runs >= 1")
+    return _check_shapes(args.check_sizes), [] if args.no_latency else [parse_size(s) for s in args.latency_sizes]
 
 
 def run(args) -> dict:
@@ -255,8 +271,8 @@ def run(args) -> dict:
     from ..models import load_segmentor, read_segmentor_meta
     from ..runtime.sliding import EvalSettings
 
-    check_int8_args(args)
-    out_fp32 = fp32_path(args)
+    shapes, latency_sizes = check_args(args)
+    out_fp32, out = fp32_path(args), Path(args.out)
     if args.int8:
         from .quantize import calibration_images
 
@@ -265,29 +281,35 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     model = load_segmentor(args.checkpoint)
     meta = onnx_meta(model, read_segmentor_meta(args.checkpoint))
-    exporter = export_onnx(model, out_fp32, meta, args.opset)
-    onnx_net = OrtNetwork(out_fp32, args.threads)
-    rows = compare(model, onnx_net, _check_shapes(args.check_sizes))
-    check_agreement(rows, out_fp32)
-    report = {"onnx": str(out_fp32), "checkpoint": str(args.checkpoint), "arch": meta["arch"],
-              "num_classes": meta["num_classes"], "opset": args.opset, "exporter": exporter, "check": rows,
-              "threads": args.threads or torch.get_num_threads()}
-    int8_net = None
-    if args.int8:
-        from .quantize import CalibrationWindows, argmax_agreement, quantize_int8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the files are written aside and moved to their names once every check passed: a failed run leaves what was there
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        staged = {out_fp32: Path(tmp) / "fp32.onnx", **({out: Path(tmp) / "int8.onnx"} if args.int8 else {})}
+        exporter = export_onnx(model, staged[out_fp32], meta, args.opset)
+        onnx_net = OrtNetwork(staged[out_fp32], args.threads)
+        rows = compare(model, onnx_net, shapes)
+        check_agreement(rows, out_fp32)
+        report = {"onnx": str(out_fp32), "checkpoint": str(args.checkpoint), "arch": meta["arch"],
+                  "num_classes": meta["num_classes"], "opset": args.opset, "exporter": exporter, "check": rows,
+                  "threads": args.threads or torch.get_num_threads()}
+        int8_net = None
+        if args.int8:
+            from .quantize import CalibrationWindows, argmax_agreement, quantize_int8
 
-        options = QuantOptions(crops=args.calib_crops, method=args.calib_method, types=args.int8_types,
-                               reduce_range=args.reduce_range, fp32_nodes=tuple(args.fp32_nodes))
-        settings = EvalSettings.of(meta.get("eval"))
-        reader = CalibrationWindows(calib, settings, options.crops)
-        kept = quantize_int8(out_fp32, args.out, reader, options)
-        int8_net = OrtNetwork(args.out, args.threads)
-        report["int8"] = {"onnx": str(args.out), **asdict(options), "fp32_nodes": list(options.fp32_nodes),
-                          "nodes_kept_fp32": len(kept), "calib_images": len(calib), "calib_crops": len(reader),
-                          "argmax_agreement": argmax_agreement(onnx_net, int8_net, calib, settings)}
-    if not args.no_latency:
-        report["latency"] = latency(model, onnx_net, [parse_size(s) for s in args.latency_sizes], runs=args.runs,
-                                    int8_net=int8_net)
+            options = QuantOptions(crops=args.calib_crops, method=args.calib_method, types=args.int8_types,
+                                   reduce_range=args.reduce_range, fp32_nodes=tuple(args.fp32_nodes))
+            settings = EvalSettings.of(meta.get("eval"))
+            reader = CalibrationWindows(calib, settings, options.crops)
+            kept = quantize_int8(staged[out_fp32], staged[out], reader, options)
+            int8_net = OrtNetwork(staged[out], args.threads)
+            report["int8"] = {"onnx": str(out), **asdict(options), "fp32_nodes": list(options.fp32_nodes),
+                              "nodes_kept_fp32": len(kept), "calib_images": len(calib), "calib_crops": len(reader),
+                              "argmax_agreement": argmax_agreement(onnx_net, int8_net, calib, settings)}
+        for final, path in staged.items():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, final)
+    if latency_sizes:
+        report["latency"] = latency(model, onnx_net, latency_sizes, runs=args.runs, int8_net=int8_net)
     return report
 
 

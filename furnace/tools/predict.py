@@ -22,7 +22,7 @@ import sys
 
 from ..datasets.layouts import read_classes
 from ..runtime.images import collect_inputs
-from ..runtime.predict import add_prediction_options, predict_images, report_failures
+from ..runtime.predict import add_prediction_options, check_prediction_options, predict_images, report_failures
 from ..runtime.sliding import EvalSettings
 from ..utils import UserError, run_cli
 
@@ -99,9 +99,10 @@ def predict_all(args) -> list[str]:
     import torch
     from tqdm import tqdm
 
+    check_prediction_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = collect_inputs(args.inputs)
+    paths = collect_inputs(args.inputs, exclude=args.out)
     network, meta, names, palette = load_predictor(args)
     evaluator = build_evaluator(args, meta, names, palette, onnx=not isinstance(network, torch.nn.Module))
     if isinstance(network, torch.nn.Module):
