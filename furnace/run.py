@@ -19,20 +19,28 @@ from .engine import dist, trainer
 from .engine.cli import parser, ranges, select_snapshots, user_errors
 from .engine.evaluator import Evaluator, format_results
 from .engine.rng import preserved_cpu_rng, seed_everything
-from .methods import build_method
+from .methods import METHODS, build_method
+from .methods.base import check_files
 from .utils import UserError
+
+
+def preflight(cfg, resume: str = ""):
+    """The checks of a run that need no process group, so that they stop every process alike before the
+    rendezvous (and ``train.py --check`` before a launch): precision vs device (e.g. amp=fp16 on a CPU), the
+    data lists, the ImageNet and teacher files, the file ``resume`` names. Returns the resume path (or None)."""
+    for key in ("amp", "eval_amp"):
+        dist.amp_choice(cfg.get(key, "none"), dist.resolve_device(cfg.device), key)
+    if cfg.check_data:
+        check_dataset(cfg)
+    check_files(cfg, METHODS[cfg.method].teachers)
+    return ckpt.find_resume(cfg, resume)
 
 
 def train(cfg, *, resume: str = "", method=None, loader=None, val_dataset=None) -> dict:
     """Train the prepared ``cfg`` on this process's share; ``resume``: ``""``, ``"auto"`` or a ``latest.pth`` path.
     The parts default to the config's method (the same initial weights on every process), this rank's
     TrainLoader and the val set. Returns :func:`furnace.engine.trainer.train`'s result."""
-    # precision, data and resume errors before the rendezvous: they stop every process alike, none is left waiting
-    for key in ("amp", "eval_amp"):  # e.g. amp=fp16 on a CPU
-        dist.amp_choice(cfg.get(key, "none"), dist.resolve_device(cfg.device), key)
-    if cfg.check_data:
-        check_dataset(cfg)
-    resume_path = ckpt.find_resume(cfg, resume)
+    resume_path = preflight(cfg, resume)
     rank, world, device = dist.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
     if resume == "auto" and resume_path is None and dist.is_main():
         print(f"--resume auto: no {ckpt.latest_path(cfg)} yet, starting fresh", flush=True)
@@ -54,9 +62,15 @@ def train_main(config, argv=None, **parts) -> dict:
     p = parser("Train the experiment described by config.py.")
     p.add_argument("--resume", default="", metavar="auto|PATH",
                    help="continue from output_dir/checkpoints/latest.pth ('auto') or from a latest.pth file")
+    p.add_argument("--check", action="store_true", help="check the config, data lists and files for this run's "
+                   "process count (WORLD_SIZE), then exit without training (tools/launch.sh runs it first)")
     with user_errors():
         args = p.parse_intermixed_args(argv)
         cfg = prepare(config, args.overrides, env=os.environ, world_size=dist.env_world_size())
+        if args.check:
+            preflight(cfg, args.resume)
+            print(f"check passed: {cfg.method} {cfg.arch} on {cfg.dataset}, {dist.env_world_size()} process(es)")
+            return {"status": "checked"}
         result = train(cfg, resume=args.resume, **parts)
     if result["status"] == "interrupted":
         sys.exit(128 + int(result["signal"]))

@@ -42,7 +42,8 @@ from config import config
 from furnace.run import train_main
 
 if __name__ == "__main__":
-    Path(os.environ["PID_DIR"], f"rank{os.environ['RANK']}").write_text(str(os.getpid()))
+    if "RANK" in os.environ:  # a torchrun worker, not script.sh's --check before torchrun
+        Path(os.environ["PID_DIR"], f"rank{os.environ['RANK']}").write_text(str(os.getpid()))
     train_main(config)
 """
 EVAL_PY = """from config import config

@@ -32,9 +32,17 @@ def _run(script, env, *args):
 
 
 def _commands(script, env, *args):
+    """The torchrun commands a script prints; each training one must come after its check (the same script and
+    arguments with --check, for the job's process count), which is left out of the list."""
     proc = _run(script, env, *args)
     assert proc.returncode == 0, proc.stderr
-    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    lines = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    for i, cmd in enumerate(lines):
+        if cmd[0] == "torchrun" and "--max-restarts" in cmd:
+            opts, rest = _opts(cmd)
+            world = int(opts["--nnodes"]) * int(opts["--nproc_per_node"])
+            assert i > 0 and lines[i - 1] == ["env", f"WORLD_SIZE={world}", "python", *rest, "--check"], lines
+    return [cmd for cmd in lines if cmd[0] != "env"]
 
 
 def _opts(cmd):
@@ -213,7 +221,7 @@ def test_a_signal_reaches_torchrun_once_and_the_script_stops_after_it(tmp_path, 
     record = tmp_path / "record"
     fake = tmp_path / "fake_torchrun.py"
     fake.write_text(FAKE_TORCHRUN)
-    env = _env(tmp_path, TORCHRUN=f"{sys.executable} {fake}", FAKE_TORCHRUN_RECORD=str(record))
+    env = _env(tmp_path, TORCHRUN=f"{sys.executable} {fake}", FAKE_TORCHRUN_RECORD=str(record), CHECK="0")
     del env["DRY_RUN"]
     # SIGINT as a terminal would deliver it: a shell that starts with it ignored (pytest run with `&`) cannot trap it
     proc = subprocess.Popen(["bash", str(SYNTHETIC)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -244,3 +252,27 @@ def test_a_signal_reaches_torchrun_once_and_the_script_stops_after_it(tmp_path, 
     # one signal reached torchrun, the script waited for it to end, and evaluation did not start
     assert lines[1:] == [f"SIG{expected[0]}", "exit"], (lines, output)
     assert proc.returncode == expected[1], output
+
+
+def test_a_config_or_data_error_stops_the_script_in_one_line_before_torchrun(tmp_path):
+    """`train.py --check` runs first, for real: a bad key or missing data is one line and exit 2, and torchrun (which
+    would restart the failed workers MAX_RESTARTS times) never starts; a run that passes goes on to torchrun."""
+    from furnace.datasets.make_synthetic import generate
+
+    record = tmp_path / "record"
+    fake = tmp_path / "fake_torchrun.py"
+    fake.write_text("import os, sys\nopen(os.environ['FAKE_TORCHRUN_RECORD'], 'a').write(' '.join(sys.argv[1:]) + '\\n')\n")
+    env = _env(tmp_path, TORCHRUN=f"{sys.executable} {fake}", FAKE_TORCHRUN_RECORD=str(record), NGPUS="2",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    del env["DRY_RUN"]
+    data = [f"data_root={tmp_path / 'DATA'}", f"output_dir={tmp_path / 'out'}"]
+    for args, message in [(["max_iter=5"], "config: unknown key 'max_iter'"),
+                          ([], "split list not found"), (["global_batch=7"], "global_batch=7")]:
+        proc = _run(SYNTHETIC, env, *data, *args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
+        assert not record.exists()
+    generate(tmp_path / "DATA" / "synthetic", seed=0, num_train=16, num_val=4, size=32, ratios=(8,))
+    proc = _run(SYNTHETIC, env, *data)
+    assert proc.returncode == 0 and "check passed: cps resnet18 on synthetic, 2 process(es)" in proc.stdout, proc.stderr
+    assert record.read_text().splitlines()[0].endswith(f"train.py --resume auto {' '.join(data)}")

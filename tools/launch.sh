@@ -14,6 +14,8 @@
 #   DIST_BACKEND nccl | gloo: overrides the process-group backend (default nccl on CUDA, gloo on CPU)
 #   MAX_RESTARTS times torchrun restarts the training processes after one fails (a crashed rank, a peer
 #                that stopped answering); each restart resumes from latest.pth. Default 3; 0: never
+#   CHECK=0      skip `python train.py ... --check` before torchrun (the config, data lists and files of the
+#                run, checked once: torchrun would restart workers that failed on them MAX_RESTARTS times)
 #   DRY_RUN=1    print each command instead of running it
 #   TORCHRUN     the torchrun command (default: torchrun)
 #
@@ -93,9 +95,13 @@ _launch_supervised() {
 
 _launch_signal() { [ -z "$2" ] || kill -"$1" "$2" 2>/dev/null || true; }
 
-# torchrun over every node of the job (this node's share), restarting its workers after a failure
+# the script's --check for the job's process count, then torchrun over every node of the job (this node's
+# share), restarting its workers after a failure
 launch() {
   _launch_defaults
+  if [ "${CHECK:-1}" != 0 ]; then
+    _launch_run env WORLD_SIZE=$((NNODES * NGPUS)) python "$@" --check || return
+  fi
   _launch_run ${TORCHRUN:-torchrun} --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NGPUS" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --max-restarts "$MAX_RESTARTS" "$@"
 }

@@ -5,7 +5,7 @@
 #   NGPUS=8 bash script.sh                                   # one machine, 8 GPUs
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 bash script.sh    # first of two machines (NODE_RANK=1 on the other)
 #   sbatch --nodes=2 --gpus-per-node=8 tools/slurm_example.sbatch exp.city/city8.mobilev2_deeplabv3plus   # SLURM (from the repo root)
-#   DRY_RUN=1 bash script.sh                                 # print the torchrun commands only
+#   DRY_RUN=1 bash script.sh                                 # print the commands (check, torchrun) only
 #   bash script.sh labeled_ratio=16                          # extra arguments are config overrides
 set -euo pipefail
 cd "$(dirname "$0")"

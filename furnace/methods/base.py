@@ -71,20 +71,19 @@ class Method(nn.Module):
             print(f"exported {self.cfg.arch} -> {path}")
 
 
-def trained_network(cfg) -> nn.Module:
-    """The DeepLabv3+ of ``cfg.arch`` a method trains, with the config's model options and ImageNet file
-    (UserError before any work when that file is missing)."""
+def check_files(cfg, teachers=()) -> None:
+    """UserError naming the first file ``cfg`` needs that is missing or wrong: the ImageNet file
+    (``pretrained``), then the teacher file of each of the ``teachers`` keys (see :func:`check_teacher`)."""
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise UserError(f"config: pretrained={cfg.pretrained!r}: ImageNet weight file not found. Put the torchvision "
                         f"or timm state dict of {cfg.arch} there (see DATA/README.md), or set pretrained='' to train "
                         f"from scratch")
-    return build_model(cfg.arch, cfg.num_classes, output_stride=cfg.output_stride, pretrained=cfg.pretrained,
-                       width_mult=cfg.width_mult, head_channels=cfg.head_channels, verbose=dist.is_main())
+    for key in teachers:
+        check_teacher(cfg, key)
 
 
-def load_teacher(cfg, key: str, device="cpu") -> FrozenTeacher:
-    """The frozen teacher file ``cfg[key]`` (architecture ``cfg[key + '_arch']``, ``cfg.num_classes``
-    classes) on ``device``, set up as ``teacher_impl``, ``teacher_bn`` and ``compile_teachers`` say."""
+def check_teacher(cfg, key: str) -> None:
+    """UserError unless ``cfg[key]`` is a segmentor file of ``cfg[key + '_arch']`` with ``cfg.num_classes`` classes."""
     path, arch = cfg[key], cfg[f"{key}_arch"]
     if not Path(path).is_file():
         raise UserError(
@@ -95,5 +94,19 @@ def load_teacher(cfg, key: str, device="cpu") -> FrozenTeacher:
     if meta["arch"] != arch or meta["num_classes"] != cfg.num_classes:
         raise UserError(f"{path}: teacher file holds a {meta['arch']} with {meta['num_classes']} classes, but config "
                         f"{key}_arch={arch!r} and num_classes={cfg.num_classes} are expected; point {key} to the right file")
-    return FrozenTeacher(load_segmentor(path, map_location=device), fast=cfg.teacher_impl == "batched",
+
+
+def trained_network(cfg) -> nn.Module:
+    """The DeepLabv3+ of ``cfg.arch`` a method trains, with the config's model options and ImageNet file
+    (UserError before any work when that file is missing)."""
+    check_files(cfg)
+    return build_model(cfg.arch, cfg.num_classes, output_stride=cfg.output_stride, pretrained=cfg.pretrained,
+                       width_mult=cfg.width_mult, head_channels=cfg.head_channels, verbose=dist.is_main())
+
+
+def load_teacher(cfg, key: str, device="cpu") -> FrozenTeacher:
+    """The frozen teacher file ``cfg[key]`` (architecture ``cfg[key + '_arch']``, ``cfg.num_classes``
+    classes) on ``device``, set up as ``teacher_impl``, ``teacher_bn`` and ``compile_teachers`` say."""
+    check_teacher(cfg, key)
+    return FrozenTeacher(load_segmentor(cfg[key], map_location=device), fast=cfg.teacher_impl == "batched",
                          bn_train=cfg.teacher_bn == "train", compile=cfg.compile_teachers)
