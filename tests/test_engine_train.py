@@ -115,6 +115,34 @@ def test_interrupted_checkpoint_write_keeps_previous_latest_and_reports(tmp_path
     assert [p.name for p in latest.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_run_killed_between_an_epochs_snapshot_and_latest_still_has_the_snapshot(tmp_path, monkeypatch):
+    """Epoch 2's snapshot is written before epoch 2's latest.pth: a kill while latest.pth is written leaves the
+    snapshot, and the resumed run (from epoch 1's latest.pth) writes it again, the same network."""
+    from furnace.engine.trainer import _Loop
+
+    cfg = toy_config(tmp_path, epochs=3, save_every_minutes=0, snapshot_every=1)
+    real, calls = _Loop.save_latest, []
+
+    def killed_at_the_second(self, state):
+        calls.append(state.global_iter)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a SIGKILL: nothing after this point of the run happens
+        real(self, state)
+
+    monkeypatch.setattr(_Loop, "save_latest", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(_Loop, "save_latest", real)
+    ck = tmp_path / "checkpoints"
+    first = toy_load_snapshot(ck / "epoch-2.pth").state_dict()
+    assert ckpt.load_training_state(ck / "latest.pth")["epoch"] == 1
+    res, _ = run(cfg, resume="auto")
+    assert res["status"] == "finished" and sorted(p.name for p in ck.glob("epoch-*.pth")) == [
+        "epoch-1.pth", "epoch-2.pth", "epoch-3.pth"]
+    again = toy_load_snapshot(ck / "epoch-2.pth").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     import random
 

@@ -177,15 +177,16 @@ class _Loop:
             epoch_done = state.it_in_epoch == self.ipe
             if epoch_done:
                 state.epoch, state.it_in_epoch = state.epoch + 1, 0
-            # at an epoch's end too only when a rule says so: an epoch of a small dataset is a few iterations
-            if (cfg.save_every_iters > 0 and state.global_iter % cfg.save_every_iters == 0) or save_due or stop_any \
-                    or state.global_iter == self.stop_at or (epoch_done and not cfg.save_every_minutes):
-                self.save_latest(state)
+            # the epoch's snapshot before latest.pth: a run killed between the two redoes the epoch's end on resume
             if epoch_done:
                 if ckpt.keep_snapshot(state.epoch, self.epochs, cfg.snapshot_last, cfg.snapshot_every):
                     self.save_snapshot(state, state.epoch)
                 if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
                     self.evaluate(state)
+            # at an epoch's end too only when a rule says so: an epoch of a small dataset is a few iterations
+            if (cfg.save_every_iters > 0 and state.global_iter % cfg.save_every_iters == 0) or save_due or stop_any \
+                    or state.global_iter == self.stop_at or (epoch_done and not cfg.save_every_minutes):
+                self.save_latest(state)
             if stop_any:  # the one interrupt path: the state is saved by now
                 state.stopped_by = stop.signum or int(signal.SIGTERM)
             if epoch_done or stop_any:
