@@ -124,9 +124,14 @@ def test_classes_file_names_and_colours(tmp_path):
 
 def test_make_splits_writes_the_natural_partition(folder_data, capsys):
     root = folder_data
+    for name in ("photo.heic", "notes.txt", ".DS_Store"):  # not images: named, left out (hidden files silently)
+        (root / "images" / name).write_bytes(b"x")
     assert make_splits_tool.main(["--folder", str(root)]) == 0
     out = capsys.readouterr().out
     assert "12 images with a label (labels/<stem>.png), 30 without" in out
+    assert "note: 2 file(s) of images/ left out" in out and ": notes.txt, photo.heic (convert" in out
+    for name in ("photo.heic", "notes.txt", ".DS_Store"):
+        (root / "images" / name).unlink()
     assert f"natural partition: 11 labeled -> {root / 'splits/labeled.txt'}, 30 unlabeled" in out
     val, labeled, unlabeled = lines(root / "val.txt"), lines(root / "splits/labeled.txt"), lines(
         root / "splits/unlabeled.txt")
@@ -164,6 +169,18 @@ def test_make_splits_refuses_what_cannot_be_split_and_writes_nothing(folder_data
     assert make_splits_tool.main(["--folder", str(root)]) == 2
     assert "lab_00004.jpg: lab_00004.png has the same stem; rename one" in error_line(capsys.readouterr().err)
     (root / "images/lab_00004.png").unlink()
+    # a label nobody can use is named, not passed over: a JPEG label, a label whose image is missing or
+    # differs in case (labels are matched by stem)
+    label = root / "labels/lab_00004.png"
+    for name, message in [("lab_00004.jpg", "lab_00004.jpg: labels are PNG index maps"),
+                          ("lonely.png", "lonely.png: no image of that stem in images/"),
+                          ("LAB_00004.png", "LAB_00004.png: no image of that stem in images/ (matched by stem, case "
+                                            "included; images/ has lab_00004)")]:
+        extra = root / "labels" / name
+        extra.write_bytes(label.read_bytes())
+        assert make_splits_tool.main(["--folder", str(root)]) == 2
+        assert message in error_line(capsys.readouterr().err)
+        extra.unlink()
     for path in (root / "images").glob("unl_*"):
         path.unlink()
     for stem in ("scan 1", "deep_00001", "IMG_0002"):

@@ -77,7 +77,19 @@ def folder_stems(root) -> tuple[list[str], list[str]]:
         if len(names) > 1:
             raise UserError(f"{images / names[0]}: {names[1]} has the same stem; rename one (labels are matched "
                             f"by stem)")
-    labels = folder_files(Path(root) / "labels", (".png",))
+    label_dir = Path(root) / "labels"
+    labels = folder_files(label_dir)  # every image extension: a JPEG label is named, not silently passed over
+    for stem, names in labels.items():
+        for name in (n for n in names if not n.lower().endswith(".png")):
+            raise UserError(f"{label_dir / name}: labels are PNG index maps (a class index per pixel); save it "
+                            f"as labels/{stem}.png, losslessly, or remove it")
+    orphans = sorted(set(labels) - set(found))
+    if orphans:
+        lower = {s.lower(): s for s in found}
+        near = f"; images/ has {lower[orphans[0].lower()]}" if orphans[0].lower() in lower else ""
+        more = f" ({len(orphans) - 1} more label(s) without an image)" if len(orphans) > 1 else ""
+        raise UserError(f"{label_dir / labels[orphans[0]][0]}: no image of that stem in images/ (matched by stem, "
+                        f"case included{near}){more}; rename the label or the image, or remove the label")
     return [s for s in sorted(found) if s in labels], [s for s in sorted(found) if s not in labels]
 
 
@@ -116,6 +128,11 @@ def folder_splits(root, ratios=None, val_fraction: float = 0.1, seed: int = 0) -
     if not train:
         raise UserError(f"{val_path}: holds every labeled image; leave some labeled images out of val")
     lists, report = {}, [f"{root}: {len(labeled)} images with a label (labels/<stem>.png), {len(unlabeled)} without"]
+    others = sorted(p.name for p in (root / "images").iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in FOLDER_IMAGE_EXTS)
+    if others:
+        report.append(f"note: {len(others)} file(s) of images/ left out, not {'/'.join(FOLDER_IMAGE_EXTS)}: "
+                      f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''} (convert photos to JPEG or PNG)")
     if write_val:
         lists[val_path] = val
     report.append(f"val: {len(val)} labeled images -> {val_path}" + ("" if write_val else " (kept)"))
