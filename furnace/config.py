@@ -234,6 +234,9 @@ def _derive(C, world_size: int) -> None:
 
 def _count_classes(path: Path) -> int:
     """Non-blank lines of a folder dataset's classes.txt; UserError naming it when it is missing or empty."""
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: dataset folder not found; point data_root (DATA_ROOT) at the folder holding "
+                        f"images/, labels/ and {path.name}")
     try:
         count = sum(1 for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip())
     except OSError as err:

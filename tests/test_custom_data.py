@@ -301,7 +301,7 @@ def _break(root: Path, kind: str) -> tuple[str, str]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["label missing", "label value", "unreadable image", "classes"])
+@pytest.mark.parametrize("kind", ["label missing", "label value", "unreadable image", "classes", "data_root typo"])
 def test_bad_input_is_one_line_naming_the_file_before_any_compute(folder_data, tmp_path, monkeypatch, capsys,
                                                                     kind):
     root = folder_data
@@ -309,6 +309,9 @@ def test_bad_input_is_one_line_naming_the_file_before_any_compute(folder_data, t
     if kind == "classes":
         named, says, overrides = str(root / "classes.txt"), "lists 7 classes but num_classes=5; set num_classes=7", [
             "num_classes=5"]
+    elif kind == "data_root typo":
+        root = root.with_name(root.name[:-1])
+        named, says, overrides = str(root), "dataset folder not found; point data_root", []
     else:
         (named, says), overrides = _break(root, kind), []
     out = tmp_path / "out"
@@ -328,7 +331,7 @@ def test_bad_input_is_one_line_naming_the_file_before_any_compute(folder_data, t
     assert {p: p.read_bytes() for p in earlier} == earlier and sorted(out.rglob("*")) == sorted(
         [out / "log.txt", out / "checkpoints", out / "checkpoints/latest.pth"])
     argv = ["--dataset", "folder", "--root", str(root), "--ignore-index", str(VOID), "--workers", "0"]
-    if kind == "classes":
+    if kind in ("classes", "data_root typo"):
         assert check_tool.main([*argv, "--num-classes", "5"]) == 2
         assert named in error_line(capsys.readouterr().err)
     else:

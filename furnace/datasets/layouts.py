@@ -225,6 +225,9 @@ def read_classes(path) -> tuple[list[str], np.ndarray | None]:
 def folder_layout(root, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> FolderLayout:
     """The :class:`FolderLayout` at ``root``; UserError when classes.txt disagrees with the arguments."""
     path = Path(root) / CLASSES_FILE
+    if not Path(root).is_dir():
+        raise UserError(f"{root}: dataset folder not found; point data_root (DATA_ROOT, check's --root) at the folder "
+                        f"holding images/, labels/ and {CLASSES_FILE}")
     names, palette = read_classes(path)
     if num_classes is not None and num_classes != len(names):
         raise UserError(f"{path}: lists {len(names)} classes but num_classes={num_classes}; set "
