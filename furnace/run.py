@@ -119,7 +119,8 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
             metrics[name] = res = evaluator.run(net, val_dataset, save_pred_dir=pred_dir, progress=True)
             results[name] = ckpt.eval_entry(epoch, path, res, cfg)
             say(f"{name}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}", flush=True)
-        last, best = _report(metrics, say)
+        exported = {name for name, entry in results.items() if str(entry["path"]).endswith(".onnx")}
+        last, best = _report(metrics, say, exported)
         snapshots = [path for _, path in chosen if path not in onnx_nets]
         json_path = (ckpt.eval_results_file(snapshots[-1]) if snapshots
                      else ckpt.checkpoint_dir(cfg) / "eval_results.json")
@@ -144,11 +145,13 @@ def _onnx_networks(chosen, num_classes: int) -> dict:
     return nets
 
 
-def _report(metrics: dict, say) -> tuple[str, str]:
-    """Print the best snapshot's per-class table and the mIoU of each; return ``(last, best)``."""
+def _report(metrics: dict, say, exported=frozenset()) -> tuple[str, str]:
+    """Print the best snapshot's per-class table and the mIoU of each; return ``(last, best)``, of the snapshots
+    when there are any (``exported`` .onnx files are listed beside them), else of the files."""
     names = list(metrics)
-    last = names[-1]
-    best = max(names, key=lambda n: -1.0 if math.isnan(metrics[n]["miou"]) else metrics[n]["miou"])
+    pool = [n for n in names if n not in exported] or names
+    last = pool[-1]
+    best = max(pool, key=lambda n: -1.0 if math.isnan(metrics[n]["miou"]) else metrics[n]["miou"])
     say(f"\nbest snapshot {best}:\n{format_results(metrics[best])}\n")
     say(f"{'snapshot'.ljust(16)}  mIoU")
     for n in names:

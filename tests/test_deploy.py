@@ -449,6 +449,9 @@ def test_eval_py_evaluates_an_exported_file_like_its_snapshot(synthetic_experime
     both = eval_main(cfg, ["-e", f"{onnx_path},{other}"])["results"]
     assert set(both) == {str(onnx_path), str(other)} and both[str(onnx_path)]["miou"] == onnx_res["miou"]
     assert both[str(other)]["miou"] != onnx_res["miou"]
+    mixed = eval_main(cfg, ["-e", f"last,{other}"])  # last and best are the snapshots'; the file is listed beside
+    assert (mixed["last"], mixed["best"]) == ("epoch-1.pth", "epoch-1.pth") and set(mixed["results"]) == {
+        "epoch-1.pth", "student.onnx"}
 
 
 def test_eval_py_refuses_an_onnx_file_of_another_class_count_or_not_onnx(synthetic_experiment, tmp_path, capsys):
