@@ -148,6 +148,9 @@ def test_predict_options_are_checked_before_the_model_loads_and_outputs_stay_out
              (["--crop", "32", "--whole"], "--crop 32 and --whole: give one"),
              (["--scales", "0", "1"], "--scales 0.0 1.0: every scale must be above 0"),
              (["--alpha", "3"], "--alpha 3.0: give a colour weight from 0 to 1")]
+    if not torch.cuda.is_available():
+        code, _, err = call(predict.main, [ck, imgs, "--out", tmp_path / "o", "--device", "cuda"], capsys)
+        assert code == 2 and "--device cuda: no CUDA device is visible; use --device cpu or auto" in err, err
     for main, model in ((predict.main, ck), (runtime_predict.main, tmp_path / "missing.onnx")):
         for extra, message in [*cases, (["--out", tmp_path / "afile"], "afile: is a file; give a folder")]:
             code, _, err = call(main, [model, imgs, "--out", tmp_path / "o", *extra], capsys)

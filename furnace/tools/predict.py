@@ -100,6 +100,10 @@ def predict_all(args) -> list[str]:
     from tqdm import tqdm
 
     check_prediction_options(args)
+    onnx = bool(args.onnx) or str(args.checkpoint).endswith(".onnx")
+    if args.device == "cuda" and (onnx or not torch.cuda.is_available()):
+        raise UserError("--device cuda: " + ("an .onnx file runs in ONNX Runtime on the CPU here" if onnx else
+                                             "no CUDA device is visible") + "; use --device cpu or auto")
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = collect_inputs(args.inputs, exclude=args.out)
