@@ -91,6 +91,7 @@ def test_non_finite_loss_stops_naming_iteration_and_term_and_keeps_latest(tmp_pa
         run(cfg, nan_at_call=3)
     msg = str(err.value)
     assert "iteration 3" in msg and "loss_aux=nan" in msg and "loss=nan" in msg and "loss_sup" not in msg
+    assert f"error: {msg}" in (tmp_path / "log.txt").read_text()  # the run directory says why the run stopped
     state = ckpt.load_training_state(tmp_path / "checkpoints" / "latest.pth")
     assert state["global_iter"] == 2
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())

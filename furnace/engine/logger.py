@@ -82,11 +82,12 @@ class TrainLogger:
             self._tb = None
             self._warn_off(self._tb_dir, err)
 
-    def info(self, message: str) -> None:
-        """One line to the console (above the bar) and to log.txt."""
+    def info(self, message: str, console: bool = True) -> None:
+        """One line to the console (above the bar; ``console=False``: not) and to log.txt."""
         if not self.enabled:
             return
-        self._print(message)
+        if console:
+            self._print(message)
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         self._write("".join(f"[{stamp}] {line}\n" for line in message.splitlines() or [""]))
 

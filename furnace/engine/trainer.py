@@ -44,6 +44,9 @@ def train(cfg, *, method, loader, val_dataset, device, resume_path=None) -> dict
         loop.plan(state)
         loop.run(state)
         return loop.finish(state)
+    except UserError as err:  # the run directory says why the run stopped (the console gets the line from the CLI)
+        log.info(f"error: {err}", console=False)
+        raise
     finally:
         log.close()
 
