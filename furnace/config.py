@@ -332,8 +332,9 @@ def _check_values(C) -> None:
         raise UserError(f"config: train_iters={C.train_iters!r} and epochs={C.epochs!r} must not be negative")
     if C.output_stride not in (8, 16, 32):
         raise UserError(f"config: output_stride={C.output_stride!r} must be 0 (default), 8, 16 or 32")
-    if not C.eval_scales or any(s <= 0 for s in C.eval_scales):
-        raise UserError(f"config: eval_scales={C.eval_scales!r} must be a non-empty list of positive numbers")
+    for key in ("train_scales", "eval_scales"):
+        if not C[key] or any(s <= 0 for s in C[key]):
+            raise UserError(f"config: {key}={C[key]!r} must be a non-empty list of positive numbers")
     if C.compile_teachers and (not METHODS[C.method].teachers or C.teacher_impl != "batched" or C.teacher_bn != "eval"):
         raise UserError(f"config: compile_teachers=true compiles the frozen teachers' batched pass; it needs a "
                         f"method with teachers, teacher_impl=batched and teacher_bn=eval (got method={C.method}, "
@@ -370,16 +371,26 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
             fail("a finite number")
         return value
     if isinstance(current, (list, tuple, dict)):
+        kind = "dict" if isinstance(current, dict) else "list"
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            fail(f"a Python literal {type(current).__name__}")
-        if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
-            return list(value)
-        if isinstance(current, dict) and isinstance(value, dict):
-            return {str(k): v for k, v in value.items()}
-        fail(f"a {type(current).__name__}")
+            fail(f"a Python literal {kind}")
+        sequences = isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))
+        if sequences or (isinstance(current, dict) and isinstance(value, dict)):
+            # the elements typed like the current ones: numbers stay numbers, whole numbers whole
+            old, new = (list(v.values()) if isinstance(v, dict) else list(v) for v in (current, value))
+            if old and all(_number(v) for v in old):
+                whole = all(isinstance(v, int) for v in old)
+                if not all(_number(v) and (isinstance(v, int) or not whole) for v in new):
+                    fail(f"a {kind} of {'whole numbers' if whole else 'numbers'}")
+            return {str(k): v for k, v in value.items()} if isinstance(value, dict) else list(value)
+        fail(f"a {kind}")
     return text
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def apply_overrides(C: EasyDict, items: Iterable[str]) -> EasyDict:

@@ -280,6 +280,12 @@ def _case_config(case, data, out, teachers, monkeypatch):
         return cfg, [], ["unknown key 'lr_powr'", "did you mean lr_power"]
     if case == "wrong type":
         return cfg, ["lr=fast"], ["lr='fast' is not a number"]
+    if case == "wrong list elements":
+        return cfg, ["eval_scales=['a']"], ["eval_scales=\"['a']\" is not a list of numbers"]
+    if case == "wrong dict values":
+        return cfg, ["epochs_per_ratio={8: 2.7}"], ["epochs_per_ratio='{8: 2.7}' is not a dict of whole numbers"]
+    if case == "no train scales":
+        return cfg, ["train_scales=[]"], ["train_scales=[] must be a non-empty list of positive numbers"]
     if case == "wrong choice":
         return cfg, ["arch=resnet19"], ["arch='resnet19' is not one of", "resnet18"]
     if case == "missing teacher file":
@@ -308,7 +314,8 @@ def _case_config(case, data, out, teachers, monkeypatch):
     raise AssertionError(case)
 
 
-BAD_CONFIG = ["unknown key on the command line", "unknown key in config.py", "wrong type", "wrong choice",
+BAD_CONFIG = ["unknown key on the command line", "unknown key in config.py", "wrong type", "wrong list elements",
+              "wrong dict values", "no train scales", "wrong choice",
               "missing teacher file", "teacher of another architecture", "teacher of another class count",
               "labeled_ratio without split lists", "labeled_ratio without an epoch count", "global batch over the processes", "not KEY=VALUE"]
 
