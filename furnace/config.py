@@ -36,11 +36,12 @@ def register_method(cls) -> None:
     METHODS[cls.name] = cls
 
 
-def method_keys() -> dict:
+def method_keys(first: str = "") -> dict:
     """Every registered method's config keys with their defaults: its ``keys``, and for each teacher it
-    declares (``{key: arch}``) the file ``key`` ("" = the default teacher file) and ``<key>_arch``."""
+    declares (``{key: arch}``) the file ``key`` ("" = the default teacher file) and ``<key>_arch``. A key that
+    several methods declare has the default of method ``first`` if it is one of them, else of the first."""
     keys = {}
-    for cls in METHODS.values():
+    for cls in sorted(METHODS.values(), key=lambda c: c.name != first):
         for key, arch in cls.teachers.items():
             keys.setdefault(key, "")
             keys.setdefault(f"{key}_arch", arch)
@@ -186,7 +187,7 @@ def prepare(C, overrides: Iterable[str] = (), *, env: Mapping[str, str] | None =
         if old in C:
             C[new] = C.pop(old)
             _renamed_notice(old, new)
-    for key, value in method_keys().items():
+    for key, value in method_keys(_chosen_method(C, overrides)).items():
         C.setdefault(key, copy.deepcopy(value))
     _check_known(C)
     items = [f"{ENVIRONMENT[name]}={value}" for name, value in (env or {}).items()
@@ -196,6 +197,13 @@ def prepare(C, overrides: Iterable[str] = (), *, env: Mapping[str, str] | None =
     _derive(C, world_size)
     _check_values(C)
     return C
+
+
+def _chosen_method(C, overrides) -> str:
+    """The method a run will use (its keys' defaults come first): the last ``method=`` override, else the config's."""
+    chosen = [item.split("=", 1)[1].strip().strip("'\"") for item in overrides
+              if item.split("=", 1)[0].strip() == "method" and "=" in item]
+    return chosen[-1] if chosen else C.get("method", "")
 
 
 def _renamed_notice(old: str, new: str) -> None:

@@ -31,7 +31,7 @@ class LogitKD(Method):
     def forward(self, batch):
         x_l, y, u = batch[IMAGE_L], batch[LABEL_L], batch[IMAGE_U0]
         tau = self.cfg.kd_temperature
-        target = self.teachers["teacher_deep"](u).logits[0]  # no gradient, an inference-mode tensor
+        target = self.teachers["teacher_deep"](u).logits[0]  # no gradient (computed under no_grad)
         sup = self.supervised_loss(self.student(x_l), y)
         kd = tau ** 2 * F.kl_div(F.log_softmax(self.student(u).float() / tau, 1), F.softmax(target.float() / tau, 1),
                                  reduction="batchmean") / (u.shape[-2] * u.shape[-1])
@@ -39,6 +39,12 @@ class LogitKD(Method):
 
     def eval_network(self):
         return self.student
+
+
+class OneTeacherRegions(LogitKD):  # no docstring: listed with an empty description
+    name = "one_teacher_regions"
+    keys = {"region_grid": 3}  # MGD's key, another default
+    teachers = {"teacher_deep": "wrn50_2"}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +84,11 @@ def test_its_keys_and_teacher_are_validated_and_defaulted_from_its_declarations(
     with pytest.raises(SystemExit):
         train_main(config(data_root, tmp_path / "out"), ["max_iters=1"])
     assert f"teacher_deep='{C.teacher_deep}': teacher file not found" in capsys.readouterr().err
+    # a key two methods declare has the default of the method the run uses, from config.py or the command line
+    regions = prepare(config(data_root, tmp_path / "out", method="one_teacher_regions"))
+    assert (regions.region_grid, regions.teacher_deep_arch) == (3, "wrn50_2")
+    assert prepare(config(data_root, tmp_path / "out"), ["method=mgd"]).region_grid == 7
+    assert prepare(config(data_root, tmp_path / "out"), ["method=one_teacher_regions"]).region_grid == 3
     with pytest.raises(SystemExit):
         train_main(config(data_root, tmp_path / "out"), ["method=logit_kdd"])
     assert "logit_kd" in capsys.readouterr().err  # the registered methods are listed
@@ -104,4 +115,6 @@ def test_the_method_list_comes_from_the_declarations():
     for name in ("supervised", "cps", "mgd", "logit_kd"):
         assert f"\n{name}: " in f"\n{out}", out
     assert "    kd_temperature = 2.0" in out and "    teacher_deep_arch = 'resnet101'" in out
+    assert "\none_teacher_regions: \n    teacher_deep = ''\n    teacher_deep_arch = 'wrn50_2'\n" in out, out
+    assert "    region_grid = 3\n" in out and "    region_grid = 7\n" in out
     assert "    student_bn_updates = 'trained'  (trained | original)" in out

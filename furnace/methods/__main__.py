@@ -8,10 +8,10 @@ from . import Method  # noqa: F401 (registers the built-in methods)
 
 
 def describe() -> str:
-    defaults = method_keys()
     lines = []
     for name, cls in METHODS.items():
-        lines.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        defaults = method_keys(name)
+        lines.append(f"{name}: {((cls.__doc__ or '').strip().splitlines() or [''])[0]}")
         for key in [*(k for t in cls.teachers for k in (t, f"{t}_arch")), *([cls.exports] if cls.exports else []),
                     *cls.keys]:
             allowed = cls.choices.get(key)
@@ -21,5 +21,9 @@ def describe() -> str:
 
 if __name__ == "__main__":
     for module in sys.argv[1:]:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            sys.exit(f"error: {module}: cannot be imported ({err}); give the module that defines your method, "
+                     f"importable from here (e.g. run this in its folder)")
     print(describe())
