@@ -14,13 +14,14 @@ import torch
 
 from .config import prepare
 from .datasets import TrainLoader, build_val_dataset, check_dataset
+from .datasets.loader import check_epoch
 from .engine import checkpoint as ckpt
 from .engine import dist, trainer
 from .engine.cli import parser, ranges, select_snapshots, user_errors
 from .engine.evaluator import Evaluator, format_results
 from .engine.rng import preserved_cpu_rng, seed_everything
 from .methods import METHODS, build_method
-from .methods.base import check_files
+from .methods.base import check_files, trained_network
 from .utils import UserError
 
 
@@ -32,6 +33,7 @@ def preflight(cfg, resume: str = ""):
         dist.amp_choice(cfg.get(key, "none"), dist.resolve_device(cfg.device), key)
     if cfg.check_data:
         check_dataset(cfg)
+        check_epoch(cfg)
     check_files(cfg, METHODS[cfg.method].teachers)
     return ckpt.find_resume(cfg, resume)
 
@@ -69,6 +71,8 @@ def train_main(config, argv=None, **parts) -> dict:
         cfg = prepare(config, args.overrides, env=os.environ, world_size=dist.env_world_size())
         if args.check:
             preflight(cfg, args.resume)
+            if cfg.pretrained:  # the ImageNet file loaded into the network, as training will
+                trained_network(cfg)
             print(f"check passed: {cfg.method} {cfg.arch} on {cfg.dataset}, {dist.env_world_size()} process(es)")
             return {"status": "checked"}
         result = train(cfg, resume=args.resume, **parts)

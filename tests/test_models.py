@@ -245,6 +245,9 @@ def test_torchvision_resnet101_file_reports_stem_shape_mismatches(tmp_path):
     assert {"bn1.weight", "layer1.0.conv1.weight", "layer1.0.downsample.0.weight"} <= mismatched
     assert report.deep_stem_random
     assert any(n.startswith("layer4.2.") for n in report.loaded)
+    # the file of another network matches some names and shapes (BN vectors, a few convs): refused, not half loaded
+    with pytest.raises(UserError, match=r"resnet101.pth: not the ImageNet file of resnet18: 22 backbone tensors"):
+        load_imagenet_weights(_fresh("resnet18"), path)
 
 
 def test_timm_files_with_our_layout_load_completely(tmp_path):

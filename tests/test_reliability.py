@@ -309,6 +309,11 @@ def _case_config(case, data, out, teachers, monkeypatch):
         # as under torchrun with 2 processes: the error comes before joining the process group
         monkeypatch.setenv("WORLD_SIZE", "2")
         return cfg, ["global_batch=5"], ["global_batch=5 cannot be split over 2 processes"]
+    if case == "ImageNet file that is no state dict":
+        torch.save([1, 2, 3], out / "list.pth")
+        return cfg, [f"pretrained={out / 'list.pth'}"], [str(out / "list.pth"), "holds no state dict"]
+    if case == "data short of a global batch":
+        return cfg, ["global_batch=32"], ["3 labeled and 21 unlabeled samples make no full global batch of 32"]
     if case == "not KEY=VALUE":
         return cfg, ["lr"], ["'lr' is not KEY=VALUE"]
     raise AssertionError(case)
@@ -317,16 +322,20 @@ def _case_config(case, data, out, teachers, monkeypatch):
 BAD_CONFIG = ["unknown key on the command line", "unknown key in config.py", "wrong type", "wrong list elements",
               "wrong dict values", "no train scales", "wrong choice",
               "missing teacher file", "teacher of another architecture", "teacher of another class count",
-              "labeled_ratio without split lists", "labeled_ratio without an epoch count", "global batch over the processes", "not KEY=VALUE"]
+              "labeled_ratio without split lists", "labeled_ratio without an epoch count", "global batch over the processes", "not KEY=VALUE",
+              "ImageNet file that is no state dict", "data short of a global batch"]
 
 
+@pytest.mark.parametrize("check", [False, True], ids=["train", "--check"])
 @pytest.mark.parametrize("case", BAD_CONFIG)
-def test_bad_config_is_one_error_line_naming_the_key_or_file(workspace, teachers, capsys, monkeypatch, case):
+def test_bad_config_is_one_error_line_naming_the_key_or_file(workspace, teachers, capsys, monkeypatch, case, check):
+    """Training stops on each before any work; `train.py --check` (what script.sh runs first) finds each too."""
     data, out, before = workspace
     cfg, argv, expected = _case_config(case, data, out, teachers, monkeypatch)
-    err = one_line(expect_exit_2(capsys, train_main, cfg, ["--resume", "auto", *argv]))
+    err = one_line(expect_exit_2(capsys, train_main, cfg, ["--resume", "auto", *(["--check"] * check), *argv]))
     for text in expected:
         assert text in err, err
+    (out / "list.pth").unlink(missing_ok=True)
     assert_kept(out, before)
 
 

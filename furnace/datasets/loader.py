@@ -76,6 +76,22 @@ class _Epoch(Dataset):
         return as_batch(buffers)
 
 
+def iterations_per_epoch(n_labeled: int, n_unlabeled: int, global_batch: int, labeled_list) -> int:
+    """An epoch's iterations: the longer list over the global batch; UserError when that is not one."""
+    if max(n_labeled, n_unlabeled) < global_batch:
+        raise UserError(f"{labeled_list}: {n_labeled} labeled and {n_unlabeled} unlabeled samples make no full "
+                        f"global batch of {global_batch}; lower global_batch or use more data")
+    return max(n_labeled, n_unlabeled) // global_batch
+
+
+def check_epoch(cfg) -> int:
+    """:func:`iterations_per_epoch` of ``cfg``'s split lists (read, not opened as datasets): before any work."""
+    layout = layout_of(cfg)
+    lists = require_split_lists(cfg, with_val=False)[:2]
+    n_labeled, n_unlabeled = (len(read_list(path, layout.list_format)) for path in lists)
+    return iterations_per_epoch(n_labeled, n_unlabeled, int(cfg.global_batch), lists[0])
+
+
 class TrainLoader:
     """Micro-batches (:mod:`furnace.datasets.batch`; unlabeled keys only ``need_unlabeled``) of one process:
     ``epoch(e, start_iter)`` yields ``(iters_per_epoch - start_iter) * accum`` of them."""
@@ -95,10 +111,7 @@ class TrainLoader:
         unlabeled = self.unlabeled.entries if need_unlabeled else read_list(unlabeled_list, self.layout.list_format)
         self.n_labeled, self.n_unlabeled = len(self.labeled), len(unlabeled)
         self.samples_per_epoch = max(self.n_labeled, self.n_unlabeled)
-        self.iters_per_epoch = self.samples_per_epoch // self.global_batch
-        if self.iters_per_epoch < 1:
-            raise UserError(f"{labeled_list}: {self.n_labeled} labeled and {self.n_unlabeled} unlabeled samples make "
-                            f"no full global batch of {self.global_batch}; lower global_batch or use more data")
+        self.iters_per_epoch = iterations_per_epoch(self.n_labeled, self.n_unlabeled, self.global_batch, labeled_list)
 
     def __len__(self) -> int:
         """Micro-batches per full epoch on this process."""

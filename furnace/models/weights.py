@@ -197,14 +197,17 @@ def _raise_incomplete(report: LoadReport, path, arch: str) -> None:
                     "Use a file with the same layout, or strict=False to keep those tensors random")
 
 
+STEM_TENSORS = ("conv1.", "bn1.", "layer1.0.conv1.", "layer1.0.downsample.0.")
+
+
 def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = False,
                           verbose: bool = False) -> LoadReport:
     """Copy the ImageNet weights of the local file ``path`` (a torchvision or timm state dict, also under
     ``'state_dict'`` / ``'model'``, ``module.`` / ``backbone.`` prefixes stripped) into the backbone of
     ``model_or_backbone`` by name and shape; the rest stays random and is listed in the returned report
     (printed when ``verbose``): with torchvision's ResNet-18/101 files the deep stem, as in the reference.
-    UserError naming the file when it cannot be read, when no tensor matches, or with ``strict`` when any is
-    missing or mismatched. Never downloads."""
+    UserError naming the file when it cannot be read, when a tensor beyond the stem is missing or of another
+    shape (another network's file), or with ``strict`` when any is. Never downloads."""
     model = _unwrap(model_or_backbone)
     backbone = model.backbone if isinstance(model, DeepLabV3Plus) else model
     arch = getattr(model, "arch", "") or getattr(backbone, "arch", "")
@@ -220,6 +223,13 @@ def load_imagenet_weights(model_or_backbone: nn.Module, path, strict: bool = Fal
                         f"architecture? Use a torchvision or timm state dict, or pretrained='' for random init")
     if strict and not report.complete:
         _raise_incomplete(report, path, arch)
+    # only the deep stem (and, behind ResNet-101's 128-channel one, layer1.0's inputs) may differ from a
+    # torchvision file; anything else missing or reshaped is the file of another network
+    foreign = [n for n in [*report.missing, *(m[0] for m in report.mismatched)] if not n.startswith(STEM_TENSORS)]
+    if foreign:
+        raise UserError(f"{path}: not the ImageNet file of {arch or 'this backbone'}: {len(foreign)} backbone tensors "
+                        f"beyond the stem are missing from it or of another shape ({_listing(foreign)}); give the "
+                        f"torchvision or timm file of {arch or 'the backbone'}, or pretrained='' for random init")
     backbone.load_state_dict(to_load, strict=False)
     if verbose:
         print(report)
