@@ -242,10 +242,13 @@ def test_prepare_voc_without_sbd_and_rgb_labels(tmp_path, capsys):
     rgb_path = tmp_path / "rgb.png"
     Image.fromarray(voc_colormap(256)[labels["v1"]]).save(rgb_path)
     assert np.array_equal(voc_tool.read_palette_label(rgb_path), labels["v1"])
-    # A missing VOC label is reported with its file.
+    # A missing VOC label is reported with its file, and the lists of the earlier run stay.
+    lists = {p: p.read_bytes() for p in (dst / "train_aug.txt", dst / "val.txt")}
     (voc / "SegmentationClass/v2.png").unlink()
+    (voc / "ImageSets/Segmentation/train.txt").write_text("t1\nt2\n")  # t2: no files either
     assert voc_tool.main(["--voc", str(voc), "--dst", str(dst), "--workers", "0"]) == 2
     assert "v2.png" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in lists} == lists
 
 
 # ----------------------------------------------------------------------------- prepare_cityscapes
@@ -285,9 +288,10 @@ def test_prepare_cityscapes_on_the_real_sample(tmp_path):
     for label_id in np.unique(source):
         assert (sample["label"][source == label_id] == CITY_LABELID_TO_TRAINID.get(int(label_id), 255)).all()
     assert (sample["label"] == 0).mean() > 0.1  # road is there
-    # val holds labels without images: converting it is refused with the folder named
+    # val holds labels without images: converting it is refused with the folder named, before train is converted
     with pytest.raises(UserError, match="leftImg8bit/val"):
-        city_tool.prepare_cityscapes(CITY_SAMPLE, dst, splits=("val",), workers=0, progress=False)
+        city_tool.prepare_cityscapes(CITY_SAMPLE, tmp_path / "both", workers=0, progress=False)
+    assert not (tmp_path / "both").exists()
 
 
 # ----------------------------------------------------------------------------- bench_data

@@ -54,12 +54,13 @@ def prepare_cityscapes(src, dst, splits=("train", "val"), link: bool = False, wo
                        progress: bool = True) -> dict:
     """Convert ``splits`` of ``src`` into ``dst``: ``{split: n}``, or a UserError listing the failed samples."""
     src, dst = Path(src), Path(dst)
-    counts = {}
-    for split in splits:
-        image_dir = src / "leftImg8bit" / split
-        images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+    found = {split: sorted((src / "leftImg8bit" / split).glob(f"*/*{_IMAGE_SUFFIX}")) for split in splits}
+    for split, images in found.items():  # every split's images found before any is converted
         if not images:
-            raise UserError(f"{image_dir}: no */*{_IMAGE_SUFFIX} images; check --src or choose --splits")
+            raise UserError(f"{src / 'leftImg8bit' / split}: no */*{_IMAGE_SUFFIX} images; check --src or choose "
+                            f"--splits")
+    counts = {}
+    for split, images in found.items():
         jobs, lines = [], []
         for image in images:
             stem = image.name[: -len(_IMAGE_SUFFIX)]

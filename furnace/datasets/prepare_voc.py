@@ -127,10 +127,10 @@ def prepare_voc(voc, sbd, dst, workers: int = 0, progress: bool = True) -> dict:
 
     jobs = [job(i, "train") for i in train_aug] + [job(i, "val") for i in voc_val]
     results = progress_map(_convert, jobs, workers, desc="prepare_voc", progress=progress)
+    raise_conversion_problems(results)  # before the lists: a failed run leaves those of an earlier one
     dst.mkdir(parents=True, exist_ok=True)
     (dst / layout.train_list).write_text("".join(f"{i}\n" for i in train_aug))
     (dst / layout.val_list).write_text("".join(f"{i}\n" for i in voc_val))
-    raise_conversion_problems(results)
     return {"train_aug": len(train_aug), "val": len(voc_val)}
 
 
