@@ -144,6 +144,17 @@ def test_a_run_killed_between_an_epochs_snapshot_and_latest_still_has_the_snapsh
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
+def test_a_snapshot_of_an_early_stop_is_replaced_by_its_epochs_end(tmp_path):
+    """max_iters=2 stops in epoch 1 and keeps that network as epoch-1.pth; the resumed run, which keeps only the
+    last snapshot, writes the end of epoch 1 over it rather than leaving a mid-epoch network under that name."""
+    run(toy_config(tmp_path, max_iters=2))
+    ck = tmp_path / "checkpoints"
+    assert safe_load(ck / "epoch-1.pth")["iteration"] == 2
+    res, _ = run(toy_config(tmp_path), resume="auto")
+    assert res["global_iter"] == 8 and safe_load(ck / "epoch-1.pth")["iteration"] == 4
+    assert sorted(p.name for p in ck.glob("epoch-*.pth")) == ["epoch-1.pth", "epoch-2.pth"]
+
+
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     import random
 

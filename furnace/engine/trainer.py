@@ -182,8 +182,8 @@ class _Loop:
                 state.epoch, state.it_in_epoch = state.epoch + 1, 0
             # the epoch's snapshot before latest.pth: a run killed between the two redoes the epoch's end on resume
             if epoch_done:
-                if ckpt.keep_snapshot(state.epoch, self.epochs, cfg.snapshot_last, cfg.snapshot_every):
-                    self.save_snapshot(state, state.epoch)
+                self.save_snapshot(state, state.epoch,
+                                   ckpt.keep_snapshot(state.epoch, self.epochs, cfg.snapshot_last, cfg.snapshot_every))
                 if cfg.eval_every_epochs > 0 and state.epoch % cfg.eval_every_epochs == 0:
                     self.evaluate(state)
             # at an epoch's end too only when a rule says so: an epoch of a small dataset is a few iterations
@@ -257,12 +257,14 @@ class _Loop:
             epoch=state.epoch, iter_in_epoch=state.it_in_epoch, global_iter=state.global_iter, rng=rng, cfg=self.cfg))
         state.last_saved, state.saved_at = state.global_iter, time.monotonic()
 
-    def save_snapshot(self, state: LoopState, label: int) -> None:
-        net = self.method.eval_network()
-        dist.run_on_main(lambda: ckpt.save_snapshot(
-            net, ckpt.snapshot_path(self.cfg, label),
-            extra={"epoch": label, "iteration": state.global_iter, **segmentor_record(self.cfg, self.layout)}))
-        state.snapshots.add(label)
+    def save_snapshot(self, state: LoopState, label: int, keep: bool = True) -> None:
+        """``epoch-<label>.pth``; with ``keep`` False only over a file of that label already there (the network
+        of a run stopped early in that epoch, replaced by the epoch's end)."""
+        net, path = self.method.eval_network(), ckpt.snapshot_path(self.cfg, label)
+        dist.run_on_main(lambda: (keep or path.is_file()) and ckpt.save_snapshot(
+            net, path, extra={"epoch": label, "iteration": state.global_iter, **segmentor_record(self.cfg, self.layout)}))
+        if keep:
+            state.snapshots.add(label)
 
     def evaluate(self, state: LoopState) -> None:
         dist.broadcast_buffers(self.method)  # evaluate on every rank the network rank 0 snapshots
