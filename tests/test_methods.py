@@ -1,4 +1,6 @@
 """Methods: what trains, what stays frozen, which teacher feeds which loss, and their files."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -184,6 +186,10 @@ def test_cps_trains_both_networks_and_exports_branch1(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     cps.eval()
     assert torch.equal(exported(x), cps.branch1(x))
+    # a second export (another run of the experiment, a smoke test) keeps the file there before, one generation
+    first = Path(cfg.export_teacher).read_bytes()
+    cps.on_train_end()
+    assert Path(cfg.export_teacher).with_name(Path(cfg.export_teacher).stem + ".previous.pth").read_bytes() == first
 
 
 def test_supervised_uses_labeled_data_only(tmp_path):

@@ -6,6 +6,7 @@ the file -> default architecture; the file defaults to the teacher the dataset's
 for a method that trains teachers, the key of the file it ``exports``. Defining the class registers it
 (:data:`furnace.config.METHODS`): preparation, validation and the teacher paths follow from that.
 """
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -65,10 +66,14 @@ class Method(nn.Module):
     def on_train_end(self, layout=None) -> None:
         """After the last iteration, on the main process: write the ``exports`` file, if the method has one."""
         if self.exports:
-            path = self.cfg[self.exports]
+            path, kept = Path(self.cfg[self.exports]), ""
+            if path.is_file():  # e.g. a real teacher, and this a smoke test of its experiment: kept one generation
+                previous = path.with_name(f"{path.stem}.previous{path.suffix}")
+                os.replace(path, previous)
+                kept = f" (the file there before is now {previous.name})"
             save_segmentor(self.eval_network(), path, extra={"method": self.name, "labeled_ratio": self.cfg.labeled_ratio,
                                                              **segmentor_record(self.cfg, layout)})
-            print(f"exported {self.cfg.arch} -> {path}")
+            print(f"exported {self.cfg.arch} -> {path}{kept}")
 
 
 def check_files(cfg, teachers=()) -> None:
