@@ -128,7 +128,7 @@ def eval_main(config, argv=None, *, val_dataset=None) -> dict:
         snapshots = [path for _, path in chosen if path not in onnx_nets]
         json_path = (ckpt.eval_results_file(snapshots[-1]) if snapshots
                      else ckpt.checkpoint_dir(cfg) / "eval_results.json")
-        if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last, best)):
+        if dist.run_on_main(lambda: ckpt.write_eval_results(json_path, results, last)):
             say(f"results written to {json_path}", flush=True)
     return {"results": results, "last": last, "best": best}
 

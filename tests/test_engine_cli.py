@@ -61,10 +61,11 @@ def test_eval_main_evaluates_a_range_reports_last_and_best_and_writes_json(tmp_p
     assert data["results"]["epoch-3.pth"]["miou"] == out["results"]["epoch-3.pth"]["miou"] > 0
     assert data["best"] in data["results"]
     assert len(list((tmp_path / "pred" / "epoch-3" / "color").glob("*.png"))) == len(val)
-    # a later evaluation of another epoch is merged into the same file
-    eval_main(cfg, ["-e", "last"], val_dataset=val)
-    assert set(json.loads((tmp_path / "checkpoints" / "eval_results.json").read_text())["results"]) == \
-        {"epoch-2.pth", "epoch-3.pth"}
+    # a later evaluation of one epoch is merged into the same file, whose best stays the best of all it holds
+    eval_main(cfg, ["-e", "1"], val_dataset=val)
+    data = json.loads((tmp_path / "checkpoints" / "eval_results.json").read_text())
+    assert set(data["results"]) == {"epoch-1.pth", "epoch-2.pth", "epoch-3.pth"}
+    assert data["best"] == max(data["results"], key=lambda n: data["results"][n]["miou"])
 
 
 def test_snapshot_selection(tmp_path):

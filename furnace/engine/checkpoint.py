@@ -147,11 +147,13 @@ def read_eval_results(path) -> dict:
 
 def write_eval_results(path, entries: dict, last: str, best: str | None = None) -> bool:
     """Merge ``entries`` (file name -> :func:`eval_entry`) into the results file ``path`` atomically; ``best`` None:
-    the highest mIoU. False, with a warning, if it cannot be written: the metrics were printed, the run goes on."""
+    the highest mIoU of the file's snapshots (of its exported files if it has no snapshot). False, with a
+    warning, if it cannot be written: the metrics were printed, the run goes on."""
     path = Path(path)
     results = {**read_eval_results(path), **entries}
     if best is None:
-        best = max(results, key=lambda n: results[n].get("miou") or -1.0)  # None (no finite mIoU) ranks last
+        pool = [n for n, e in results.items() if not str(e.get("path", "")).endswith(".onnx")] or list(results)
+        best = max(pool, key=lambda n: results[n].get("miou") or -1.0)  # None (no finite mIoU) ranks last
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps({"results": results, "last": last, "best": best}, indent=2) + "\n")
