@@ -305,6 +305,9 @@ def _check_known(C) -> None:
     known = _CORE_KEYS | set(method_keys())
     for key in C:
         if key not in known:
+            if C.get("method") not in METHODS:  # most likely the key of that method, whose module was not imported
+                raise UserError(f"config: unknown key {key!r}, and method={C.method!r} is not registered: a method of "
+                                f"your own registers when its module is imported, e.g. from the experiment's config.py")
             raise _unknown_key(key, known)
 
 

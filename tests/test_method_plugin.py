@@ -89,6 +89,11 @@ def test_its_keys_and_teacher_are_validated_and_defaulted_from_its_declarations(
     assert (regions.region_grid, regions.teacher_deep_arch) == (3, "wrn50_2")
     assert prepare(config(data_root, tmp_path / "out"), ["method=mgd"]).region_grid == 7
     assert prepare(config(data_root, tmp_path / "out"), ["method=one_teacher_regions"]).region_grid == 3
+    unregistered = config(data_root, tmp_path / "out", method="not_imported")
+    unregistered.its_key = 1.0  # the key of a method whose module config.py forgot to import
+    with pytest.raises(SystemExit):
+        train_main(unregistered, [])
+    assert "unknown key 'its_key', and method='not_imported' is not registered" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(config(data_root, tmp_path / "out"), ["method=logit_kdd"])
     assert "logit_kd" in capsys.readouterr().err  # the registered methods are listed
