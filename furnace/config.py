@@ -212,9 +212,10 @@ def _renamed_notice(old: str, new: str) -> None:
 
 def _derive(C, world_size: int) -> None:
     """Fill in every value a recipe leaves to be derived (the one place that does)."""
-    anchor = Path(C.exp_dir or ".")
-    for key in ("data_root", "output_dir", "weight_dir"):
-        if C[key]:
+    anchor, method = Path(C.exp_dir or "."), METHODS[C.method]
+    files = ("pretrained", *method.teachers, *([method.exports] if method.exports else []))
+    for key in ("data_root", "output_dir", "weight_dir", *files):
+        if C[key] and C[key] != "auto":  # pretrained=auto: the arch's file in weight_dir, below
             C[key] = str((anchor / C[key]).resolve())
     C.weight_dir = C.weight_dir or str(Path(C.data_root) / "model-weight")
     if C.dataset == "folder" and not C.num_classes:
@@ -232,7 +233,6 @@ def _derive(C, world_size: int) -> None:
     C.output_stride = C.output_stride or DEFAULT_OUTPUT_STRIDE[C.arch]
     if C.pretrained == "auto":
         C.pretrained = str(Path(C.weight_dir) / f"{C.arch}.pth")
-    method = METHODS[C.method]
     for key in method.teachers:
         C[key] = C[key] or teacher_file(C, C[f"{key}_arch"])
     if method.exports:

@@ -58,3 +58,15 @@ def test_every_experiment_folder_prepares_and_names_its_recipe_values():
         assert C.exp_name == folder.name and (C.epochs > 0 or C.train_iters > 0) and C.method in METHODS
         for key in ("labeled_ratio", "method", "arch", "lr", "epochs_per_ratio"):  # the recipe at a glance
             assert f"\nC.{key} = " in text, (folder.name, key)
+
+
+def test_relative_file_paths_start_at_the_experiment_folder():
+    """As data_root: a teacher, ImageNet or export file given relative is found from the experiment folder, so
+    `python exp.voc/<folder>/train.py` from the repository root reads the files `python train.py` there reads."""
+    folder = REPO / "exp.voc" / "voc8.resnet18_deeplabv3plus"
+    C = prepare(load("exp.voc/voc8.resnet18_deeplabv3plus"), ["teacher_deep=mine/t.pth", "pretrained=../w/r18.pth"])
+    assert (C.teacher_deep, C.pretrained) == (str(folder / "mine" / "t.pth"), str(folder.parent / "w" / "r18.pth"))
+    teacher = prepare(load("exp.voc/voc8.resnet101_deeplabv3plus"), ["export_teacher=out/t.pth"])
+    assert teacher.export_teacher == str(REPO / "exp.voc" / "voc8.resnet101_deeplabv3plus" / "out" / "t.pth")
+    assert prepare(load("exp.voc/voc8.resnet18_deeplabv3plus"), ["pretrained=auto"]).pretrained.endswith(
+        "DATA/model-weight/resnet18.pth")
