@@ -292,6 +292,11 @@ def test_prepare_cityscapes_on_the_real_sample(tmp_path):
     with pytest.raises(UserError, match="leftImg8bit/val"):
         city_tool.prepare_cityscapes(CITY_SAMPLE, tmp_path / "both", workers=0, progress=False)
     assert not (tmp_path / "both").exists()
+    # the images without their gtFine folder: the folder named, once
+    (tmp_path / "nolabels").mkdir()
+    (tmp_path / "nolabels" / "leftImg8bit").symlink_to(CITY_SAMPLE / "leftImg8bit")
+    with pytest.raises(UserError, match=r"nolabels/gtFine/train: folder not found"):
+        city_tool.prepare_cityscapes(tmp_path / "nolabels", tmp_path / "both", splits=("train",), progress=False)
 
 
 # ----------------------------------------------------------------------------- bench_data

@@ -59,6 +59,9 @@ def prepare_cityscapes(src, dst, splits=("train", "val"), link: bool = False, wo
         if not images:
             raise UserError(f"{src / 'leftImg8bit' / split}: no */*{_IMAGE_SUFFIX} images; check --src or choose "
                             f"--splits")
+        if not (src / "gtFine" / split).is_dir():
+            raise UserError(f"{src / 'gtFine' / split}: folder not found; unpack gtFine_trainvaltest.zip into --src "
+                            f"beside leftImg8bit/")
     counts = {}
     for split, images in found.items():
         jobs, lines = [], []
