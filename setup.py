@@ -4,11 +4,14 @@
     pip install -e ".[test]"    # + what the test suite needs
     pip install -e ".[deploy]"  # + onnx, onnxruntime: furnace.tools.export and predict --onnx
 """
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# one version, furnace.__version__ (read, not imported: the dependencies may not be installed yet)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "furnace" / "__init__.py").read_text()).group(1)
 
 
 def read_requirements():
@@ -18,7 +21,7 @@ def read_requirements():
 
 setup(
     name="mgd-ssss",
-    version="0.2.0",
+    version=VERSION,
     description="Multi-granularity distillation for lightweight semi-supervised semantic segmentation (MGD, ECCV 2022)",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

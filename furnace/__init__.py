@@ -1,3 +1,3 @@
 """furnace: datasets, models, losses, methods and the training engine of MGD-SSSS."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

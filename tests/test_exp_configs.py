@@ -70,3 +70,11 @@ def test_relative_file_paths_start_at_the_experiment_folder():
     assert teacher.export_teacher == str(REPO / "exp.voc" / "voc8.resnet101_deeplabv3plus" / "out" / "t.pth")
     assert prepare(load("exp.voc/voc8.resnet18_deeplabv3plus"), ["pretrained=auto"]).pretrained.endswith(
         "DATA/model-weight/resnet18.pth")
+
+
+def test_the_installed_version_is_furnaces():
+    import importlib.metadata
+
+    import furnace
+
+    assert importlib.metadata.version("mgd-ssss") == furnace.__version__
